@@ -1,0 +1,116 @@
+"""Building and writing complete checkpoint folders (weights, config, processor, tokenizer, templates, code)."""
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+
+from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .presets import preset_config
+from .processors import TinyGPTVImageProcessor, TinyGPTVProcessor
+from .processors.templates import END_SYMBOL, chat_templates_for_stage
+from .tokenization import build_tiny_tokenizer, load_llm_tokenizer
+from .weights import load_blip2_vision_side, load_phi_language_model
+
+# The end symbol each stage was trained to emit (reference 3.4): stages 1-2 end captions with a newline.
+STAGE_END_SYMBOL = {0: END_SYMBOL, 1: "\n", 2: "\n", 3: END_SYMBOL, 4: END_SYMBOL}
+STAGE_IMAGE_SIZE = {0: 224, 1: 224, 2: 224, 3: 224, 4: 448}
+
+
+def build_processor(tokenizer, config: TinyGPTVConfig, stage: int | None = None) -> TinyGPTVProcessor:
+    stage = config.stage if stage is None else stage
+    size = config.vision_config.image_size
+    image_processor = TinyGPTVImageProcessor(size={"height": size, "width": size})
+    return TinyGPTVProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=chat_templates_for_stage(stage),
+        num_query_tokens=config.num_query_tokens,
+        end_symbol=STAGE_END_SYMBOL[stage],
+        context_length=config.text_config.max_position_embeddings,
+    )
+
+
+def generation_config_for(config: TinyGPTVConfig, tokenizer, stage: int) -> GenerationConfig:
+    """Greedy by default, no BOS (as the original at inference), stop on the stage's end symbol."""
+    end_symbol = STAGE_END_SYMBOL[stage]
+    return GenerationConfig(
+        do_sample=False,
+        max_new_tokens=300,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=[end_symbol] if end_symbol.strip() else None,
+    )
+
+
+def fit_tokenizer(config: TinyGPTVConfig, tokenizer) -> TinyGPTVConfig:
+    """Point the config at the tokenizer's `<ImageHere>` id and make sure the vocabulary fits the embeddings."""
+    if len(tokenizer) > config.text_config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the embedding table only {config.text_config.vocab_size}."
+        )
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<ImageHere>")
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    return config
+
+
+def save_checkpoint(model: TinyGPTVForConditionalGeneration, processor: TinyGPTVProcessor, output_dir) -> Path:
+    """Write a folder that loads with the Auto classes, with or without this package (remote code included)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config = generation_config_for(model.config, processor.tokenizer, model.config.stage)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def resize_for_stage(config: TinyGPTVConfig, stage: int) -> TinyGPTVConfig:
+    config.stage = stage
+    config.vision_config.image_size = STAGE_IMAGE_SIZE[stage]
+    return config
+
+
+def init_checkpoint(
+    preset: str,
+    output_dir,
+    llm_path: str | os.PathLike | None = None,
+    vision_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    vocab_size: int | None = None,
+) -> Path:
+    """A stage-0 checkpoint: random weights for a preset, or Phi + BLIP-2 pretrained parts with fresh projections."""
+    if (llm_path is None) != (vision_path is None):
+        raise ValueError("--llm and --vision go together: the stage-0 model needs both pretrained parts.")
+    torch.manual_seed(seed)
+    if llm_path is not None:
+        tokenizer = load_llm_tokenizer(str(llm_path))
+        language_model, text_config = load_phi_language_model(llm_path)
+        vision_state, vision_config, qformer_config = load_blip2_vision_side(vision_path)
+        config = preset_config(preset)
+        config = TinyGPTVConfig(
+            vision_config=vision_config,
+            qformer_config=qformer_config,
+            text_config=dict(text_config, **{"qk_layernorm": True}),
+            num_query_tokens=vision_state["model.query_tokens"].shape[1],
+            projection_hidden_size=config.projection_hidden_size,
+        )
+        config = fit_tokenizer(config, tokenizer)
+        model = TinyGPTVForConditionalGeneration(config)
+        missing, unexpected = model.load_state_dict({**language_model, **vision_state}, strict=False)
+        fresh = ("multi_modal_projector.", "q_layernorm.", "k_layernorm.", "post_layernorm.")
+        not_fresh = [key for key in missing if not any(part in key for part in fresh)]
+        if not_fresh or unexpected:
+            raise ValueError(f"Pretrained parts do not fit the model: missing {not_fresh}, unexpected {unexpected}.")
+    else:
+        tokenizer = build_tiny_tokenizer() if preset == "tiny" else build_tiny_tokenizer(vocab_size=4096)
+        overrides = {"text_config": {"vocab_size": vocab_size or _round_up(len(tokenizer), 64)}} if preset == "tiny" else {}
+        config = fit_tokenizer(preset_config(preset, **overrides), tokenizer)
+        model = TinyGPTVForConditionalGeneration(config)
+    model.eval()
+    return save_checkpoint(model, build_processor(tokenizer, model.config), output_dir)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple

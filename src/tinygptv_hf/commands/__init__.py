@@ -1,0 +1,1 @@
+"""Subcommands of the `tinygptv` console command, one module each."""

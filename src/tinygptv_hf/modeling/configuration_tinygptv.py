@@ -1,0 +1,114 @@
+"""TinyGPT-V configuration: EVA ViT-g + BLIP-2 Q-Former + two projections + Phi-2 with extra norms.
+
+This file ships as remote code: it may import only pip packages and siblings in its own folder.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PhiConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.auto.configuration_auto import AutoConfig
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_tinygptv.TinyGPTVConfig",
+    "AutoModel": "modeling_tinygptv.TinyGPTVModel",
+    "AutoModelForImageTextToText": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
+    "AutoModelForVision2Seq": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
+}
+
+
+@strict
+class TinyGPTVTextConfig(PhiConfig):
+    """Phi with q/k LayerNorm always on and an RMSNorm on the attention branch (TinyGPT-V's Phi-2)."""
+
+    model_type = "tinygptv_text"
+    base_config_key = "text_config"
+
+    qk_layernorm: bool = True
+    post_attention_rms_norm_eps: float = 1e-6
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if not self.qk_layernorm:
+            raise ValueError("TinyGPT-V's language model always applies q/k LayerNorm; qk_layernorm must be True.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"text_config.hidden_size ({self.hidden_size}) is not divisible by "
+                f"num_attention_heads ({self.num_attention_heads})."
+            )
+
+
+@strict
+class TinyGPTVConfig(PreTrainedConfig):
+    """Composite configuration.
+
+    `vision_config` is a `Blip2VisionConfig` (EVA ViT-g), `qformer_config` a `Blip2QFormerConfig`, `text_config` a
+    `TinyGPTVTextConfig`. The image becomes `num_query_tokens` LLM embeddings through
+    `qformer -> Linear(qformer, projection_hidden_size) -> Linear(projection_hidden_size, text)`, with no activation.
+    """
+
+    model_type = "tinygptv"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="blip_2_vision_model"),
+        "qformer_config": SubConfigSpec(config_class=AutoConfig, model_type="blip_2_qformer"),
+        "text_config": SubConfigSpec(config_class=TinyGPTVTextConfig),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_query_tokens: int = 32
+    projection_hidden_size: int = 4096
+    vision_layernorm_eps: float = 1e-5
+    image_token_id: int = 50295
+    stage: int = 0
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        auto_map = dict(getattr(self, "auto_map", None) or {})
+        for key, value in AUTO_MAP.items():
+            auto_map.setdefault(key, value)
+        self.auto_map = auto_map
+        self.check_sizes()
+
+    def check_sizes(self):
+        """Raise a ValueError naming the mismatch when the three towers cannot be wired together."""
+        vision, qformer, text = self.vision_config, self.qformer_config, self.text_config
+        problems = []
+        image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        patch_size = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+        if image_size % patch_size:
+            problems.append(f"vision_config.image_size ({image_size}) is not a multiple of patch_size ({patch_size})")
+        if vision.hidden_size % vision.num_attention_heads:
+            problems.append(
+                f"vision_config.hidden_size ({vision.hidden_size}) is not divisible by "
+                f"num_attention_heads ({vision.num_attention_heads})"
+            )
+        if qformer.encoder_hidden_size != vision.hidden_size:
+            problems.append(
+                f"qformer_config.encoder_hidden_size ({qformer.encoder_hidden_size}) must equal "
+                f"vision_config.hidden_size ({vision.hidden_size})"
+            )
+        if qformer.hidden_size % qformer.num_attention_heads:
+            problems.append(
+                f"qformer_config.hidden_size ({qformer.hidden_size}) is not divisible by "
+                f"num_attention_heads ({qformer.num_attention_heads})"
+            )
+        if self.num_query_tokens < 1:
+            problems.append(f"num_query_tokens must be positive, got {self.num_query_tokens}")
+        if self.num_query_tokens >= text.max_position_embeddings:
+            problems.append(
+                f"num_query_tokens ({self.num_query_tokens}) leaves no room in the context of "
+                f"{text.max_position_embeddings} positions"
+            )
+        if self.image_token_id < 0:
+            problems.append(f"image_token_id must be a non-negative id, got {self.image_token_id}")
+        if problems:
+            raise ValueError("TinyGPTVConfig sizes do not fit together: " + "; ".join(problems) + ".")
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.num_query_tokens
+
+
+__all__ = ["TinyGPTVConfig", "TinyGPTVTextConfig"]

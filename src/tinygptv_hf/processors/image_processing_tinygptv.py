@@ -1,0 +1,87 @@
+"""TinyGPT-V image processor: RGB, EXIF orientation, bicubic resize to a square (no crop), CLIP mean/std.
+
+Matches the original's `blip2_image_train`/`blip2_image_eval` (they are identical) on PIL and numpy, without
+torchvision. This file ships as remote code: it may import only pip packages and siblings in its own folder.
+"""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be decoded, is truncated or has no pixels."""
+
+
+def load_image(source, name: str | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image and fully decode it, raising `ImageLoadError` naming the source on failure."""
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__)
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        elif isinstance(source, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(source))
+        else:
+            image = Image.open(source)
+        image.load()
+    except FileNotFoundError as error:
+        raise ImageLoadError(f"Image file not found: {label}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"Cannot decode image {label}: {error}") from error
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(f"Image {label} has zero size ({image.width}x{image.height}).")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with EXIF orientation applied. 16-bit grey is scaled to 8 bits rather than clipped (PIL's default)."""
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(f"Image has zero size ({image.width}x{image.height}).")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+class TinyGPTVImageProcessor(PilBackend):
+    """224 px for stages 1-3, 448 px for stage 4 (`size`); pixel values in CLIP normalisation."""
+
+    model_input_names = ["pixel_values"]
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"height": 224, "width": 224}
+    default_to_square = True
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+
+    def fetch_images(self, image_url_or_urls):
+        """Local paths and bytes are opened with `load_image` so a bad file gets an error naming it."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, (bytes, bytearray, os.PathLike)) or (
+            isinstance(image_url_or_urls, str) and not image_url_or_urls.startswith(("http://", "https://"))
+        ):
+            return load_image(image_url_or_urls)
+        return super().fetch_images(image_url_or_urls)
+
+    def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs):
+        if isinstance(image, Image.Image):
+            image = np.asarray(to_rgb(image) if do_convert_rgb is not False else image)
+            input_data_format = "channels_last"
+        elif isinstance(image, np.ndarray) and (image.size == 0 or 0 in image.shape[:2]):
+            raise ImageLoadError(f"Image array has zero size {image.shape}.")
+        return super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
+
+
+__all__ = ["TinyGPTVImageProcessor", "ImageLoadError", "load_image", "to_rgb"]

@@ -1,0 +1,89 @@
+"""The original's prompt families, character for character, as data.
+
+Three string formats (reference 3.4-3.5) and the chat templates (Jinja) that render them from messages:
+
+* ``benchmark``: the evaluation harness, ``###Human: <Img><ImageHere></Img> {q}###Assistant: `` (no space before
+  ``###Assistant``), also demo.py's form without its system prompt.
+* ``conversation``: demo.py's multi-turn chat for stages 1-3, the benchmark form behind a system prompt.
+* ``instruction``: the stage-3 training template ``###Human: {} ###Assistant: `` (a space before ``###Assistant``).
+* ``multitask``: the stage-4 training template ``[INST] {} [/INST]``; an image instruction is
+  ``<Img><ImageHere></Img> {text} `` (trailing space), hence two spaces before ``[/INST]``. Task tokens such as
+  ``[vqa]`` are ordinary text and pass through untouched.
+"""
+
+IMAGE_TOKEN = "<ImageHere>"
+IMAGE_PROMPT = "<Img><ImageHere></Img>"
+END_SYMBOL = "###"
+
+CONVERSATION_SYSTEM = (
+    "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to "
+    "you. Please answer my questions."
+)
+
+# Python format strings used by the training collator and the evaluation harness.
+INSTRUCTION_TEMPLATE = "###Human: {} ###Assistant: "
+MULTITASK_TEMPLATE = "[INST] {} [/INST]"
+BENCHMARK_TEMPLATE = "###Human: {}###Assistant: "
+
+TASK_TOKENS = ("[vqa]", "[caption]", "[refer]", "[identify]", "[grounding]", "[detection]")
+
+# Jinja pieces. Literal text is emitted through {{ '...' }} so whitespace control never eats a meaningful space.
+_CONTENT = (
+    "{%- macro content(message) -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for block in message['content'] -%}"
+    "{%- if block['type'] == 'image' -%}{{ '" + IMAGE_PROMPT + " ' }}"
+    "{%- elif block['type'] == 'text' -%}{{ block['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+)
+_HAS_IMAGE = "message['content'] is not string and message['content'] | selectattr('type', 'equalto', 'image') | list"
+
+
+def _hash_style(default_system: str) -> str:
+    """`{system}###Human: {user}###Assistant: {answer}###Human: ...###Assistant: ` (demo.py's SINGLE style)."""
+    return (
+        _CONTENT + "{%- set ns = namespace(system=" + repr(default_system) + ") -%}"
+        "{%- for message in messages if message['role'] == 'system' -%}"
+        "{%- set ns.system = content(message) -%}{%- endfor -%}"
+        "{{- ns.system -}}"
+        "{%- for message in messages if message['role'] != 'system' -%}"
+        "{%- if message['role'] == 'user' -%}{{ '###Human: ' }}{{ content(message) }}"
+        "{%- else -%}{{ '###Assistant: ' }}{{ content(message) }}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '###Assistant: ' }}{%- endif -%}"
+    )
+
+
+INSTRUCTION_CHAT_TEMPLATE = (
+    _CONTENT + "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['role'] == 'user' -%}{{ '###Human: ' }}{{ content(message) }}{{ ' ' }}"
+    "{%- else -%}{{ '###Assistant: ' }}{{ content(message) }}{{ '" + END_SYMBOL + "' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '###Assistant: ' }}{%- endif -%}"
+)
+
+MULTITASK_CHAT_TEMPLATE = (
+    _CONTENT + "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['role'] == 'user' -%}{{ '[INST] ' }}{{ content(message) }}"
+    "{%- if " + _HAS_IMAGE + " -%}{{ ' ' }}{%- endif -%}{{ ' [/INST]' }}"
+    "{%- else -%}{{ content(message) }}{{ '" + END_SYMBOL + "' }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+CHAT_TEMPLATES = {
+    "benchmark": _hash_style(""),
+    "conversation": _hash_style(CONVERSATION_SYSTEM),
+    "instruction": INSTRUCTION_CHAT_TEMPLATE,
+    "multitask": MULTITASK_CHAT_TEMPLATE,
+}
+
+# Which family a checkpoint of each stage answers best to by default.
+STAGE_DEFAULT_TEMPLATE = {0: "conversation", 1: "conversation", 2: "conversation", 3: "conversation", 4: "multitask"}
+
+
+def chat_templates_for_stage(stage: int) -> dict[str, str]:
+    """All named templates, with the stage's own family also stored as ``default``."""
+    templates = dict(CHAT_TEMPLATES)
+    templates["default"] = CHAT_TEMPLATES[STAGE_DEFAULT_TEMPLATE[stage]]
+    return templates
