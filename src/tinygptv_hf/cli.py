@@ -1,17 +1,18 @@
-"""`tinygptv` console command. Each subcommand lives in `tinygptv_hf.commands.<name>` and adds its own parser."""
+"""`tinygptv` console command. Every module in `tinygptv_hf.commands` is one subcommand with an `add_parser`."""
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-COMMANDS = ("init",)
+from . import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygptv", description="TinyGPT-V on the Hugging Face stack.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"tinygptv_hf.commands.{name}").add_parser(subparsers)
+    for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda info: info.name):
+        importlib.import_module(f"{commands.__name__}.{module.name}").add_parser(subparsers)
     return parser
 
 
