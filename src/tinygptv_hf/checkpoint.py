@@ -78,7 +78,6 @@ def init_checkpoint(
     llm_path: str | os.PathLike | None = None,
     vision_path: str | os.PathLike | None = None,
     seed: int = 0,
-    vocab_size: int | None = None,
 ) -> Path:
     """A stage-0 checkpoint: random weights for a preset, or Phi + BLIP-2 pretrained parts with fresh projections."""
     if (llm_path is None) != (vision_path is None):
@@ -104,13 +103,10 @@ def init_checkpoint(
         if not_fresh or unexpected:
             raise ValueError(f"Pretrained parts do not fit the model: missing {not_fresh}, unexpected {unexpected}.")
     else:
-        tokenizer = build_tiny_tokenizer() if preset == "tiny" else build_tiny_tokenizer(vocab_size=4096)
-        overrides = {"text_config": {"vocab_size": vocab_size or _round_up(len(tokenizer), 64)}} if preset == "tiny" else {}
-        config = fit_tokenizer(preset_config(preset, **overrides), tokenizer)
+        # No Phi-2 tokenizer exists offline: random presets carry the tiny byte-level BPE (same class).
+        tokenizer = build_tiny_tokenizer()
+        config = fit_tokenizer(preset_config(preset), tokenizer)
         model = TinyGPTVForConditionalGeneration(config)
     model.eval()
     return save_checkpoint(model, build_processor(tokenizer, model.config), output_dir)
 
-
-def _round_up(value: int, multiple: int) -> int:
-    return (value + multiple - 1) // multiple * multiple

@@ -66,6 +66,7 @@ PRESETS = {
             attention_probs_dropout_prob=0.0,
         ),
         text_config=dict(
+            vocab_size=1088,  # the tiny tokenizer's 1025 tokens, rounded up to a multiple of 64
             hidden_size=128,
             intermediate_size=512,
             num_hidden_layers=2,
