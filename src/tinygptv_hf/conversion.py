@@ -21,9 +21,15 @@ LLM_PREFIXES = ("llama_model.base_model.model.", "llama_model.")
 IGNORED_KEYS = {
     re.compile(r"^Qformer\.bert\.embeddings\.position_ids$"): "unused buffer of the text path",
     re.compile(r"^Qformer\.cls\."): "BLIP-2 MLM head, deleted by the original",
-    re.compile(r"^Qformer\.bert\.embeddings\.(word|position)_embeddings\."): "text embeddings, deleted by the original",
-    re.compile(r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\."): "text FFN, deleted by the original",
-    re.compile(r"^(t5_proj|t5_model|opt_proj|opt_model|vision_proj|text_proj|itm_head)\."): "BLIP-2's own heads",
+    re.compile(
+        r"^Qformer\.bert\.embeddings\.(word|position)_embeddings\."
+    ): "text embeddings, deleted by the original",
+    re.compile(
+        r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\."
+    ): "text FFN, deleted by the original",
+    re.compile(
+        r"^(t5_proj|t5_model|opt_proj|opt_model|vision_proj|text_proj|itm_head)\."
+    ): "BLIP-2's own heads",
     re.compile(r"^temp$"): "BLIP-2 contrastive temperature",
 }
 
@@ -33,14 +39,29 @@ _VISION_RULES = [
     (r"^visual_encoder\.pos_embed$", "model.vision_model.embeddings.position_embedding"),
     (r"^visual_encoder\.blocks\.(\d+)\.norm1\.", r"model.vision_model.encoder.layers.\1.layer_norm1."),
     (r"^visual_encoder\.blocks\.(\d+)\.norm2\.", r"model.vision_model.encoder.layers.\1.layer_norm2."),
-    (r"^visual_encoder\.blocks\.(\d+)\.attn\.qkv\.weight$", r"model.vision_model.encoder.layers.\1.self_attn.qkv.weight"),
-    (r"^visual_encoder\.blocks\.(\d+)\.attn\.proj\.", r"model.vision_model.encoder.layers.\1.self_attn.projection."),
+    (
+        r"^visual_encoder\.blocks\.(\d+)\.attn\.qkv\.weight$",
+        r"model.vision_model.encoder.layers.\1.self_attn.qkv.weight",
+    ),
+    (
+        r"^visual_encoder\.blocks\.(\d+)\.attn\.proj\.",
+        r"model.vision_model.encoder.layers.\1.self_attn.projection.",
+    ),
     (r"^visual_encoder\.blocks\.(\d+)\.mlp\.", r"model.vision_model.encoder.layers.\1.mlp."),
     (r"^ln_vision\.", "model.vision_model.post_layernorm."),
     (r"^Qformer\.bert\.embeddings\.LayerNorm\.", "model.qformer.layernorm."),
-    (r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.", r"model.qformer.encoder.layer.\1.\2.attention."),
-    (r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.output\.", r"model.qformer.encoder.layer.\1.\2.output."),
-    (r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(intermediate_query|output_query)\.", r"model.qformer.encoder.layer.\1.\2."),
+    (
+        r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.",
+        r"model.qformer.encoder.layer.\1.\2.attention.",
+    ),
+    (
+        r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.output\.",
+        r"model.qformer.encoder.layer.\1.\2.output.",
+    ),
+    (
+        r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(intermediate_query|output_query)\.",
+        r"model.qformer.encoder.layer.\1.\2.",
+    ),
     (r"^query_tokens$", "model.query_tokens"),
     (r"^llama_proj\.", "model.multi_modal_projector.linear_1."),
     (r"^llama_proj2\.", "model.multi_modal_projector.linear_2."),
@@ -112,7 +133,9 @@ def convert_original(state: dict[str, torch.Tensor], num_heads: int) -> Converte
             raise WeightsError(f"Unknown key in the original weights: {key!r}")
     for layer, parts in qv_bias.items():
         if set(parts) != {"q", "v"}:
-            raise WeightsError(f"visual_encoder.blocks.{layer}.attn needs both q_bias and v_bias, got {sorted(parts)}")
+            raise WeightsError(
+                f"visual_encoder.blocks.{layer}.attn needs both q_bias and v_bias, got {sorted(parts)}"
+            )
         # EVA's key projection has no bias: the fused bias is (q_bias, 0, v_bias).
         fused = torch.cat([parts["q"], torch.zeros_like(parts["q"]), parts["v"]])
         result.tensors[f"model.vision_model.encoder.layers.{layer}.self_attn.qkv.bias"] = fused
@@ -129,10 +152,14 @@ def _convert_llm_key(name: str, tensor, num_heads: int, result: ConvertedWeights
     target = _llm_target(name)
     if target is None:
         raise WeightsError(f"Unknown language-model key in the original weights: {original_key!r}")
-    if target.endswith(".self_attn.query_key_value.weight") or target.endswith(".self_attn.query_key_value.bias"):
+    if target.endswith(".self_attn.query_key_value.weight") or target.endswith(
+        ".self_attn.query_key_value.bias"
+    ):
         suffix = target.rsplit(".", 1)[1]
         module = target[: -len(".query_key_value." + suffix)]
-        for proj, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor, num_heads), strict=True):
+        for proj, part in zip(
+            ("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor, num_heads), strict=True
+        ):
             result.tensors[f"{module}.{proj}.{suffix}"] = part
     else:
         result.tensors[target] = tensor
@@ -155,16 +182,25 @@ def merge_lora(tensors: dict[str, torch.Tensor], lora: dict[str, LoraPair], scal
         A, B = pair.A.float(), pair.B.float()
         if module.endswith(".query_key_value"):
             prefix = module[: -len(".query_key_value")]
-            targets = [(f"{prefix}.{proj}.weight", part) for proj, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(B, num_heads), strict=True)]
+            targets = [
+                (f"{prefix}.{proj}.weight", part)
+                for proj, part in zip(
+                    ("q_proj", "k_proj", "v_proj"), split_fused_qkv(B, num_heads), strict=True
+                )
+            ]
         else:
             targets = [(f"{module}.weight", B)]
         for weight_key, b in targets:
             if weight_key not in tensors:
-                raise WeightsError(f"LoRA adapter on {module} has no base weight {weight_key!r} in the sources.")
+                raise WeightsError(
+                    f"LoRA adapter on {module} has no base weight {weight_key!r} in the sources."
+                )
             tensors[weight_key] = tensors[weight_key].float() + scaling * (b @ A)
 
 
-def interpolate_position_embedding(position_embedding: torch.Tensor, image_size: int, patch_size: int) -> torch.Tensor:
+def interpolate_position_embedding(
+    position_embedding: torch.Tensor, image_size: int, patch_size: int
+) -> torch.Tensor:
     """Resize the patch grid bicubically (align_corners=False) in float32, keeping the CLS row: done once, stored."""
     cls_row, grid = position_embedding[:, :1], position_embedding[:, 1:].float()
     old = int(round(grid.shape[1] ** 0.5))
@@ -180,19 +216,25 @@ def interpolate_position_embedding(position_embedding: torch.Tensor, image_size:
     return torch.cat([cls_row.float(), grid], dim=1).to(position_embedding.dtype)
 
 
-def finalize(weights: ConvertedWeights, config: TinyGPTVConfig, lora_scaling: float) -> dict[str, torch.Tensor]:
+def finalize(
+    weights: ConvertedWeights, config: TinyGPTVConfig, lora_scaling: float
+) -> dict[str, torch.Tensor]:
     """Merge LoRA, fit the position table to the configured image size, and fill the always-zero q/k-LN biases."""
     tensors = dict(weights.tensors)
     num_heads = config.text_config.num_attention_heads
     merge_lora(tensors, weights.lora, lora_scaling, num_heads)
     key = "model.vision_model.embeddings.position_embedding"
     if key in tensors:
-        tensors[key] = interpolate_position_embedding(tensors[key], config.vision_config.image_size, config.vision_config.patch_size)
+        tensors[key] = interpolate_position_embedding(
+            tensors[key], config.vision_config.image_size, config.vision_config.patch_size
+        )
     head_dim = config.text_config.hidden_size // num_heads
     for layer in range(config.text_config.num_hidden_layers):
         for norm in ("q_layernorm", "k_layernorm"):
             # The original never stores these biases: they are created as zeros and never trained.
-            tensors.setdefault(f"model.language_model.layers.{layer}.self_attn.{norm}.bias", torch.zeros(head_dim))
+            tensors.setdefault(
+                f"model.language_model.layers.{layer}.self_attn.{norm}.bias", torch.zeros(head_dim)
+            )
     return tensors
 
 
@@ -214,3 +256,58 @@ def check_against_model(tensors: dict[str, torch.Tensor], expected: dict[str, to
         problems.append(f"shape mismatch: {mismatched[:10]}")
     if problems:
         raise WeightsError("The converted weights do not fit the model: " + "; ".join(problems))
+
+
+def read_original_sources(
+    *,
+    num_heads: int,
+    vision_depth: int,
+    phi=None,
+    eva_vit=None,
+    blip2=None,
+    full_state_dict=None,
+    stage_checkpoint=None,
+) -> ConvertedWeights:
+    """Gather every source into this model's names; later sources override earlier ones (stage file last)."""
+    from pathlib import Path
+
+    from .weights import blip2_to_tinygptv, load_phi_language_model, read_state_dict
+
+    weights = ConvertedWeights()
+    if phi is not None:
+        weights.tensors.update(load_phi_language_model(phi)[0])
+    if eva_vit is not None:
+        weights.update(
+            convert_original(eva_vit_to_original(read_state_dict(eva_vit), vision_depth), num_heads)
+        )
+    if blip2 is not None:
+        if Path(blip2).is_dir():
+            weights.tensors.update(blip2_to_tinygptv(read_state_dict(blip2)))
+        else:
+            weights.update(convert_original(_model_entry(read_state_dict(blip2)), num_heads))
+    if full_state_dict is not None:
+        weights.update(convert_original(_model_entry(read_state_dict(full_state_dict)), num_heads))
+    if stage_checkpoint is not None:
+        weights.update(convert_original(_model_entry(read_state_dict(stage_checkpoint)), num_heads))
+    return weights
+
+
+def _model_entry(state: dict) -> dict[str, torch.Tensor]:
+    """Training checkpoints hold {"model", "optimizer", "scaler", "config", "epoch"}: only "model" is weights."""
+    if "model" in state and isinstance(state["model"], dict):
+        return state["model"]
+    return state
+
+
+def convert_to_model(weights: ConvertedWeights, config: TinyGPTVConfig, lora_scaling: float):
+    """A float32 model holding exactly the converted weights (strict: every key checked)."""
+    from .modeling import TinyGPTVForConditionalGeneration
+
+    model = TinyGPTVForConditionalGeneration(config)
+    tensors = {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in finalize(weights, config, lora_scaling).items()
+    }
+    check_against_model(tensors, model.state_dict())
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()

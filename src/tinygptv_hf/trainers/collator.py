@@ -23,6 +23,7 @@ class SequenceParts:
 
     input_ids: list[int]
     labels: list[int]
+    prompt_length: int
 
 
 def compose_sequence(
@@ -40,19 +41,23 @@ def compose_sequence(
         if index:
             input_ids.extend([image_token_id] * num_image_tokens)
         input_ids.extend(piece)
-    labels = [IGNORE_INDEX] * len(input_ids) + list(answer_ids)
+    prompt_length = len(input_ids)
+    labels = [IGNORE_INDEX] * prompt_length + list(answer_ids)
     input_ids.extend(answer_ids)
     for question_ids, turn_answer_ids in later_turns:
         input_ids.extend(question_ids)
         labels.extend([IGNORE_INDEX] * len(question_ids))
         input_ids.extend(turn_answer_ids)
         labels.extend(turn_answer_ids)
-    return SequenceParts(input_ids=input_ids, labels=labels)
+    return SequenceParts(input_ids=input_ids, labels=labels, prompt_length=prompt_length)
 
 
 def pad_sequences(sequences: list[SequenceParts], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right padding: pad id with attention 0 and label -100."""
-    length = max(len(sequence.input_ids) for sequence in sequences)
+    """Right padding (pad id, attention 0, label -100) to the longest prompt plus the longest answer part, the
+    original's batch length (it padded the prompt and the answer blocks separately)."""
+    length = max(sequence.prompt_length for sequence in sequences) + max(
+        len(sequence.input_ids) - sequence.prompt_length for sequence in sequences
+    )
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -126,5 +131,7 @@ class TinyGPTVCollator:
         batch = pad_sequences([self.sequence(sample) for sample in samples], self.tokenizer.pad_token_id)
         images = [sample["image"] for sample in samples if sample.get("image") is not None]
         if images:
-            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")[
+                "pixel_values"
+            ]
         return batch
