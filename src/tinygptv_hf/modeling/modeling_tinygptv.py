@@ -98,6 +98,14 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    def train(self, mode: bool = True):
+        """A frozen vision tower or Q-Former stays in eval mode (no dropout), as the original's `disabled_train`."""
+        super().train(mode)
+        for tower in (self.vision_model, self.qformer):
+            if not any(parameter.requires_grad for parameter in tower.parameters()):
+                tower.eval()
+        return self
+
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
         """Encode images into `num_query_tokens` LLM-space vectors each (`pooler_output`, shape (B, Q, D))."""
         if pixel_values.ndim != 4:
