@@ -1,0 +1,35 @@
+"""`tinygptv train RECIPE.yaml`: one stage, as declared by a recipe (see `tinygptv_hf.trainers.recipe`)."""
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser("train", help="train one stage from a recipe YAML")
+    parser.add_argument("recipe", help="recipe YAML (TrainingArguments plus stage, model and data sections)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="value for ${NAME} in the recipe"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        help="continue from the newest (or the given) checkpoint",
+    )
+    parser.set_defaults(run=run)
+
+
+def parse_variables(pairs: list[str]) -> dict[str, str]:
+    variables = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        if not separator or not name:
+            raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
+        variables[name] = value
+    return variables
+
+
+def run(args):
+    from ..trainers.recipe import Recipe, run_recipe
+
+    recipe = Recipe.load(args.recipe, parse_variables(args.set))
+    final = run_recipe(recipe, resume=args.resume)
+    print(f"stage {recipe.stage} finished: {final}")

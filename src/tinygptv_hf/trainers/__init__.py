@@ -1,0 +1,35 @@
+"""The four training stages as `transformers.Trainer` subclasses, their declarations, collator and recipes."""
+
+from .collator import TinyGPTVCollator, compose_sequence, pad_sequences
+from .stages import INSTRUCTION, MULTITASK, PRETRAINING, STAGES, WARMUP, LoraSpec, StageSpec
+from .trainer import (
+    STAGE_TRAINERS,
+    InstructionTrainer,
+    MultitaskTrainer,
+    PretrainingTrainer,
+    TinyGPTVStageTrainer,
+    WarmupTrainer,
+    prepare_model_for_stage,
+    set_image_size,
+)
+
+__all__ = [
+    "INSTRUCTION",
+    "MULTITASK",
+    "PRETRAINING",
+    "STAGES",
+    "STAGE_TRAINERS",
+    "WARMUP",
+    "InstructionTrainer",
+    "LoraSpec",
+    "MultitaskTrainer",
+    "PretrainingTrainer",
+    "StageSpec",
+    "TinyGPTVCollator",
+    "TinyGPTVStageTrainer",
+    "WarmupTrainer",
+    "compose_sequence",
+    "pad_sequences",
+    "prepare_model_for_stage",
+    "set_image_size",
+]

@@ -1,0 +1,174 @@
+"""One Trainer for every stage; the four stage trainers differ only in the `StageSpec` they declare.
+
+The trainer freezes what the stage freezes, adds LoRA through peft, builds the original's sequences with
+`TinyGPTVCollator`, decays only matrices, checkpoints the trainable tensors (all that changes, so resuming is
+exact and cheap) and ends by writing a merged, complete checkpoint folder plus the stage's adapter.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import Trainer
+
+from ..checkpoint import save_checkpoint
+from ..conversion import interpolate_position_embedding
+from .collator import TinyGPTVCollator
+from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_WEIGHTS = "trainable.safetensors"
+
+
+def set_image_size(model, processor, image_size: int):
+    """Move a checkpoint to another input size (stage 4 uses 448): the position table is interpolated once, in
+    float32, and stored, exactly as the original did at load time."""
+    vision = model.model.vision_model if hasattr(model, "model") else model.vision_model
+    config = model.config
+    if config.vision_config.image_size == image_size:
+        return
+    embeddings = vision.embeddings
+    table = interpolate_position_embedding(
+        embeddings.position_embedding.data, image_size, config.vision_config.patch_size
+    )
+    embeddings.position_embedding = torch.nn.Parameter(
+        table, requires_grad=embeddings.position_embedding.requires_grad
+    )
+    embeddings.image_size = image_size
+    embeddings.num_patches = (image_size // config.vision_config.patch_size) ** 2
+    embeddings.num_positions = embeddings.num_patches + 1
+    config.vision_config.image_size = image_size
+    processor.image_processor.size = {"height": image_size, "width": image_size}
+
+
+def prepare_model_for_stage(model, spec: StageSpec):
+    """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
+    model.requires_grad_(False)
+    if spec.lora is not None:
+        lora_config = LoraConfig(
+            r=spec.lora.r,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules,
+            bias="none",
+        )
+        model = get_peft_model(model, lora_config)
+    for name, parameter in model.named_parameters():
+        if spec.is_trainable(name):
+            parameter.requires_grad_(True)
+    return model
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {
+        name: parameter.detach().cpu().contiguous()
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
+
+
+class TinyGPTVStageTrainer(Trainer):
+    """`transformers.Trainer` for one TinyGPT-V stage; subclasses only set `stage_spec`."""
+
+    stage_spec: StageSpec
+
+    def __init__(
+        self, model, args, *, processor, train_dataset, stage_spec: StageSpec | None = None, **kwargs
+    ):
+        self.stage_spec = stage_spec or self.stage_spec
+        set_image_size(model, processor, self.stage_spec.image_size)
+        model.config.stage = self.stage_spec.stage
+        model = prepare_model_for_stage(model, self.stage_spec)
+        # The collator needs the raw samples, and under DDP every rank reads its own shards of the stream.
+        args.remove_unused_columns = False
+        args.accelerator_config.dispatch_batches = False
+        collator = TinyGPTVCollator(
+            processor,
+            prompt_template=self.stage_spec.prompt_template,
+            end_symbol=self.stage_spec.end_symbol,
+            max_text_length=self.stage_spec.max_text_length,
+        )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            processing_class=processor,
+            **kwargs,
+        )
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Weight decay on matrices only (projector and LoRA weights), never on norms or biases, as the original."""
+        return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_file(trainable_state(self.model), output_dir / TRAINABLE_WEIGHTS)
+        (output_dir / "stage.json").write_text(
+            json.dumps({"stage": self.stage_spec.stage, "name": self.stage_spec.name})
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        model = model or self.model
+        path = Path(resume_from_checkpoint) / TRAINABLE_WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{resume_from_checkpoint} has no {TRAINABLE_WEIGHTS}: not a checkpoint of this trainer."
+            )
+        saved = load_file(path)
+        parameters = {
+            name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad
+        }
+        if saved.keys() != parameters.keys():
+            missing, extra = (
+                sorted(parameters.keys() - saved.keys()),
+                sorted(saved.keys() - parameters.keys()),
+            )
+            raise ValueError(
+                f"Checkpoint {resume_from_checkpoint} does not match stage {self.stage_spec.stage}'s trainable "
+                f"parameters: missing {missing[:5]}, unexpected {extra[:5]}."
+            )
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                parameter.copy_(saved[name])
+
+    def finish_stage(self, output_dir=None) -> Path:
+        """Write `<output_dir>/adapter` (LoRA against the stage's starting weights) and `<output_dir>/final`
+        (merged, complete, loadable with the Auto classes and `trust_remote_code=True`)."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        model = self.model
+        if isinstance(model, PeftModel):
+            model.save_pretrained(output_dir / "adapter")
+            model = model.merge_and_unload()
+            self.model = model
+        model.requires_grad_(False)
+        final = save_checkpoint(model.eval(), self.processing_class, output_dir / "final")
+        logger.info("stage %s finished: %s", self.stage_spec.stage, final)
+        return final
+
+
+class WarmupTrainer(TinyGPTVStageTrainer):
+    stage_spec = WARMUP
+
+
+class PretrainingTrainer(TinyGPTVStageTrainer):
+    stage_spec = PRETRAINING
+
+
+class InstructionTrainer(TinyGPTVStageTrainer):
+    stage_spec = INSTRUCTION
+
+
+class MultitaskTrainer(TinyGPTVStageTrainer):
+    stage_spec = MULTITASK
+
+
+STAGE_TRAINERS = {
+    cls.stage_spec.stage: cls
+    for cls in (WarmupTrainer, PretrainingTrainer, InstructionTrainer, MultitaskTrainer)
+}
