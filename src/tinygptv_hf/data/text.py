@@ -1,0 +1,120 @@
+"""Text side of the original's datasets: the ``blip_caption`` processor, box text and the task prompt pools.
+
+Everything here is data or a pure function, so the readers, the synthetic world and the evaluation harness agree
+on every character (reference 3.2.6, 3.4 and 5.4).
+"""
+
+import re
+
+_BLIP_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
+_WHITESPACE_RUNS = re.compile(r"\s{2,}")
+
+
+def blip_caption(text: str, max_words: int = 50) -> str:
+    """LAVIS ``BlipCaptionProcessor`` as the original applies it.
+
+    Lower-case, each of ``. ! " ( ) * # : ; ~`` becomes a space, runs of two or more whitespace characters become
+    one space (a lone newline or tab survives, as in the original), then trailing newlines and surrounding spaces
+    go and only the first ``max_words`` space-separated words stay.
+    """
+    text = _BLIP_PUNCTUATION.sub(" ", text.lower())
+    text = _WHITESPACE_RUNS.sub(" ", text)
+    text = text.rstrip("\n").strip(" ")
+    words = text.split(" ")
+    if len(words) > max_words:
+        text = " ".join(words[:max_words])
+    return text
+
+
+def box_corners(box_xywh, width: float, height: float) -> tuple[int, int, int, int]:
+    """A pixel box ``[x, y, w, h]`` as integer corners on the 0-100 grid, truncated with ``int()`` as the original.
+
+    The arithmetic order (``x / W * 100``) is the original's, so float rounding matches it too.
+    """
+    x, y, w, h = (float(v) for v in box_xywh)
+    return (
+        int(x / width * 100),
+        int(y / height * 100),
+        int((x + w) / width * 100),
+        int((y + h) / height * 100),
+    )
+
+
+def box_to_text(box_xywh, width: float, height: float) -> str:
+    """``{<x1><y1><x2><y2>}`` for one pixel box of an image of the given size."""
+    return corners_to_text([box_corners(box_xywh, width, height)])
+
+
+def corners_to_text(corners) -> str:
+    """Box text for one or more 0-100 corner tuples; several boxes of one phrase are joined by ``<delim>``."""
+    return "{" + "<delim>".join("<{}><{}><{}><{}>".format(*c) for c in corners) + "}"
+
+
+def phrase_with_boxes(phrase: str, corners) -> str:
+    """A grounded phrase, ``<p>phrase</p> {<..><..><..><..>}``."""
+    return f"<p>{phrase}</p> {corners_to_text(corners)}"
+
+
+# Stage 3: prompts/alignment.txt of the released model repo (identical to MiniGPT-4's file).
+ALIGNMENT_PROMPTS = (
+    "<Img><ImageHere></Img> Describe this image in detail.",
+    "<Img><ImageHere></Img> Take a look at this image and describe what you notice.",
+    "<Img><ImageHere></Img> Please provide a detailed description of the picture.",
+    "<Img><ImageHere></Img> Could you describe the contents of this image for me?",
+)
+
+# Stage 4 pools (MiniGPT-v2 convention). ``{}`` is the question, phrase or box text.
+VQA_TEMPLATES = (
+    "[vqa] {}",
+    "[vqa] Based on the image, respond to this question with a short answer: {}",
+)
+
+CAPTION_PROMPTS = (
+    "Briefly describe this image.",
+    "Provide a concise depiction of this image.",
+    "Present a short description of this image.",
+    "Summarize this image in a few words.",
+    "A short image caption:",
+    "A short image description:",
+    "A photo of ",
+    "An image that shows ",
+    "Write a short description for the image. ",
+    "Write a description for the photo.",
+    "Provide a description of what is presented in the photo.",
+    "Briefly describe the content of the image.",
+    "Can you briefly explain what you see in the image?",
+    "Could you use a few words to describe what you perceive in the photo?",
+    "Please provide a short depiction of the picture.",
+    "Using language, provide a short account of the image.",
+    "Use a few words to illustrate what is happening in the picture.",
+)
+CAPTION_TEMPLATE = "[caption] {}"
+
+REFER_TEMPLATES = (
+    "[refer] {}",
+    "[refer] give me the location of {}",
+    "[refer] where is {} ?",
+    "[refer] from this image, tell me the location of {}",
+    "[refer] the location of {} is",
+    "[refer] could you tell me the location for {} ?",
+    "[refer] where can I locate the {} ?",
+)
+
+IDENTIFY_TEMPLATES = (
+    "[identify] {}",
+    "[identify] what object is in this location {}",
+    "[identify] identify the object present at this location {}",
+    "[identify] what is it in {}",
+    "[identify] describe this object in {}",
+    "[identify] this {} is",
+    "[identify] the object in {} is",
+)
+
+GROUNDING_PROMPTS = (
+    "[grounding] please describe this image in details",
+    "[grounding] describe this image as detailed as possible",
+    "[grounding] summarize this image in details",
+    "[grounding] give a thorough description of what you see in this image",
+)
+
+DETECTION_TEMPLATE = "[detection] {}"

@@ -1,0 +1,42 @@
+"""The text processor, box text and prompt pools, character for character (reference 3.2.6, 3.4, 5.4)."""
+
+from tinygptv_hf.data import text
+
+
+def test_blip_caption_lowercases_strips_punctuation_and_collapses_spaces():
+    assert text.blip_caption('A Photo: of (a) "Dog"!!  running~ #1; *wow*.\n') == "a photo of a dog running 1 wow"
+
+
+def test_blip_caption_keeps_other_punctuation_and_a_lone_newline():
+    # Only . ! " ( ) * # : ; ~ are replaced; a single newline is not a run of whitespace in the original regex.
+    assert text.blip_caption("Is it red? Yes, it's red-ish\nok") == "is it red? yes, it's red-ish\nok"
+
+
+def test_blip_caption_keeps_at_most_max_words():
+    assert text.blip_caption(" ".join(str(i) for i in range(60))) == " ".join(str(i) for i in range(50))
+    assert text.blip_caption("one two three", max_words=2) == "one two"
+
+
+def test_box_text_truncates_on_the_0_100_grid_of_the_original_size():
+    assert text.box_to_text([10, 20, 30, 40], 200, 100) == "{<5><20><20><60>}"
+    # 199/200*100 = 99.5 and 199.9/200*100 = 99.95: truncated, never rounded
+    assert text.box_corners([199, 0.9, 0.9, 98.9], 200, 100) == (99, 0, 99, 99)
+    assert text.box_to_text([0, 0, 640, 480], 640, 480) == "{<0><0><100><100>}"
+
+
+def test_several_boxes_use_delim_and_phrases_use_p_tags():
+    assert text.corners_to_text([(1, 2, 3, 4), (5, 6, 7, 8)]) == "{<1><2><3><4><delim><5><6><7><8>}"
+    assert text.phrase_with_boxes("a dog", [(1, 2, 3, 4)]) == "<p>a dog</p> {<1><2><3><4>}"
+
+
+def test_prompt_pools_match_the_original():
+    assert len(text.ALIGNMENT_PROMPTS) == 4
+    assert all(p.startswith("<Img><ImageHere></Img> ") for p in text.ALIGNMENT_PROMPTS)
+    assert len(text.CAPTION_PROMPTS) == 17 and "A photo of " in text.CAPTION_PROMPTS
+    assert len(text.REFER_TEMPLATES) == 7 and "[refer] where can I locate the {} ?" in text.REFER_TEMPLATES
+    assert len(text.IDENTIFY_TEMPLATES) == 7 and "[identify] this {} is" in text.IDENTIFY_TEMPLATES
+    assert len(text.GROUNDING_PROMPTS) == 4 and all(p.startswith("[grounding] ") for p in text.GROUNDING_PROMPTS)
+    assert text.VQA_TEMPLATES[1].format("q?") == (
+        "[vqa] Based on the image, respond to this question with a short answer: q?"
+    )
+    assert text.DETECTION_TEMPLATE.format("a dog") == "[detection] a dog"
