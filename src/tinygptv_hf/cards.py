@@ -1,0 +1,199 @@
+"""Model cards for stage checkpoints: the metadata the Hub indexes, and what the stage trained, counted from the model.
+
+Cards render from the Jinja templates in `hub_cards/` through huggingface_hub's `ModelCard.from_template`, so the
+metadata is a `ModelCardData` (evaluation results become `model-index`) rather than hand-written YAML.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+
+TEMPLATE = Path(__file__).with_name("hub_cards") / "stage.md"
+LICENSE = "bsd-3-clause"
+BASE_MODELS = ["microsoft/phi-2", "Salesforce/blip2-flan-t5-xxl"]
+TAGS = ["tinygptv", "vision-language", "multimodal", "phi-2", "blip-2", "custom_code"]
+
+STAGE_NAMES = {1: "warm-up", 2: "pre-training", 3: "instruction tuning", 4: "multi-task learning"}
+STAGE_DESCRIPTIONS = {
+    1: "Warm-up: image-caption pairs align the projector with the frozen language model. Only the projector and "
+    "the weights of the language model's norms train; there is no LoRA in this stage.",
+    2: "Pre-training: more image-caption pairs, now with LoRA on the language model's attention projections next "
+    "to the projector and norm weights. The LoRA weights are merged into the saved weights.",
+    3: "Instruction tuning: a small set of image-instruction conversations teaches the chat format, with the same "
+    "trainable set as stage 2 (LoRA merged).",
+    4: "Multi-task learning: VQA, captioning, grounding and conversation data at 448 px with task identifiers, "
+    "with the same trainable set as stage 2 (LoRA merged).",
+}
+LORA_RANK = 64
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "dense")
+# The original trains the weights (not the biases) of these Phi norms in every stage (reference section 2.1).
+TRAINED_NORMS = ("input_layernorm", "post_layernorm", "q_layernorm", "k_layernorm", "final_layernorm")
+
+# Name prefix in the model -> how the card names the component.
+COMPONENTS = {
+    "model.vision_model.": "Vision tower (EVA ViT-g, ln_vision)",
+    "model.qformer.": "Q-Former and query tokens",
+    "model.query_tokens": "Q-Former and query tokens",
+    "model.multi_modal_projector.": "Projector (two linear layers)",
+    "model.language_model.": "Language model (Phi-2)",
+    "lm_head.": "LM head",
+}
+
+
+def _model_skeleton(checkpoint_dir) -> TinyGPTVForConditionalGeneration:
+    """The checkpoint's model built on the meta device: its exact parameters without reading any weights."""
+    config = TinyGPTVConfig.from_pretrained(checkpoint_dir)
+    with torch.device("meta"):
+        return TinyGPTVForConditionalGeneration(config)
+
+
+def component_parameters(model) -> dict[str, int]:
+    counts = dict.fromkeys(COMPONENTS.values(), 0)
+    for name, parameter in model.named_parameters():
+        prefix = next((prefix for prefix in COMPONENTS if name.startswith(prefix)), None)
+        if prefix is None:
+            raise ValueError(f"Parameter {name} belongs to no component the card knows; update COMPONENTS.")
+        counts[COMPONENTS[prefix]] += parameter.numel()
+    return counts
+
+
+def stage_trainable_parameters(model, stage: int) -> dict[str, int]:
+    """What the stage trains: projector and LLM norm weights, plus (stages 2-4) LoRA r=64 on the attention."""
+    language_model = model.model.language_model
+    norm_weights = sum(
+        parameter.numel()
+        for name, parameter in language_model.named_parameters()
+        if name.endswith(".weight") and name.split(".")[-2] in TRAINED_NORMS
+    )
+    trainable = {
+        "Projector": sum(parameter.numel() for parameter in model.model.multi_modal_projector.parameters()),
+        "LLM norm weights (input, q/k, post-attention RMS, final)": norm_weights,
+    }
+    if stage >= 2:
+        trainable[f"LoRA r={LORA_RANK} on {'/'.join(LORA_TARGETS)} (merged into the weights)"] = sum(
+            LORA_RANK * (module.in_features + module.out_features)
+            for name, module in language_model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and name.endswith(tuple(f"self_attn.{t}" for t in LORA_TARGETS))
+        )
+    return trainable
+
+
+def _component_status(stage: int) -> dict[str, str]:
+    language_model = "norm weights trained" + (
+        f"; LoRA r={LORA_RANK} trained and merged" if stage >= 2 else ""
+    )
+    return {
+        COMPONENTS["model.vision_model."]: "frozen",
+        COMPONENTS["model.qformer."]: "frozen",
+        COMPONENTS["model.multi_modal_projector."]: "trained",
+        COMPONENTS["model.language_model."]: f"frozen except: {language_model}",
+        COMPONENTS["lm_head."]: "frozen",
+    }
+
+
+def _flatten(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", str(value)))
+    return rows
+
+
+def _data_mix(datasets) -> list[tuple[str, str]]:
+    """A recipe's `datasets`, given as {name: ratio or settings} or as a list of names or {"name": ...} entries."""
+    if isinstance(datasets, dict):
+        entries = datasets.items()
+    else:
+        entries = [
+            (entry["name"], {k: v for k, v in entry.items() if k != "name"})
+            if isinstance(entry, dict)
+            else (entry, "")
+            for entry in datasets
+        ]
+    return [
+        (name, ", ".join(f"{k}={v}" for k, v in _flatten(value)) if isinstance(value, dict) else str(value))
+        for name, value in entries
+    ]
+
+
+def _eval_result(result) -> EvalResult:
+    if isinstance(result, EvalResult):
+        return result
+    return EvalResult(
+        task_type=result["task"],
+        dataset_type=result["dataset"],
+        dataset_name=result["dataset"],
+        metric_type=result["metric"],
+        metric_value=result["value"],
+    )
+
+
+def render_model_card(
+    checkpoint_dir: str | os.PathLike,
+    *,
+    stage: int,
+    repo_id: str | None = None,
+    recipe: dict | None = None,
+    eval_results: list | None = None,
+    previous_stage_ref: str | None = None,
+    source_files: list[dict] | None = None,
+) -> ModelCard:
+    """The card of one stage's checkpoint.
+
+    `recipe` is the stage's recipe as a dict (its `datasets` entry becomes the data mix, everything else the
+    hyperparameter table); `eval_results` are `EvalResult`s or dicts {task, dataset, metric, value};
+    `previous_stage_ref` is "owner/name@revision" of the checkpoint this stage started from; `source_files` are the
+    {path, sha256} of the original files a converted checkpoint came from.
+    """
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"Stage must be one of {sorted(STAGE_NAMES)}, got {stage}.")
+    model = _model_skeleton(checkpoint_dir)
+    components = component_parameters(model)
+    trainable = stage_trainable_parameters(model, stage)
+    status = _component_status(stage)
+    recipe = dict(recipe or {})
+    data_mix = _data_mix(recipe.pop("datasets", []))
+    name = repo_id.split("/")[-1] if repo_id else Path(checkpoint_dir).resolve().name
+    results = [_eval_result(result) for result in eval_results or []]
+
+    # `base_model` takes Hub ids only; the previous stage's exact revision goes in `previous_stage`.
+    previous_repo = previous_stage_ref.split("@")[0] if previous_stage_ref else None
+    base_model = BASE_MODELS + ([previous_repo] if previous_repo not in (None, repo_id) else [])
+    card_data = ModelCardData(
+        license=LICENSE,
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        base_model=base_model,
+        datasets=[name for name, _ in data_mix if "/" in name] or None,
+        tags=TAGS + [f"stage-{stage}"],
+        model_name=name,
+        eval_results=results or None,
+        stage=stage,
+        previous_stage=previous_stage_ref,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        title=name,
+        repo_id=repo_id or "OWNER/NAME",
+        stage_name=STAGE_NAMES[stage],
+        stage_description=STAGE_DESCRIPTIONS[stage],
+        previous_stage_ref=previous_stage_ref,
+        components=[
+            {"name": name, "parameters": count, "status": status[name]} for name, count in components.items()
+        ],
+        total_parameters=sum(components.values()),
+        trainable=[{"name": name, "parameters": count} for name, count in trainable.items()],
+        trainable_total=sum(trainable.values()),
+        hyperparameters=_flatten(recipe),
+        data_mix=data_mix,
+        results=results,
+        source_files=source_files,
+    )
