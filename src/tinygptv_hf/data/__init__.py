@@ -1,0 +1,52 @@
+"""Training data as `datasets` streams: readers for the original's on-disk formats and users' ``messages`` data,
+one uniform sample schema, bad-sample accounting, mixing and rank sharding, and the synthetic demo world."""
+
+from .health import BadSample, DataBudgetExceeded, DataHealth
+from .mixing import mix_datasets, shard_for_rank
+from .readers import (
+    load_refer_pickle,
+    read_aokvqa,
+    read_cc_sbu_align,
+    read_coco_vqa,
+    read_conversations,
+    read_flickr,
+    read_gqa,
+    read_llava_instruct,
+    read_messages,
+    read_refcoco,
+    read_textcaps,
+    read_unnatural_instructions,
+    read_visual_genome,
+    read_webdataset_captions,
+)
+from .samples import SAMPLE_FEATURES, image_instruction, make_sample
+from .text import blip_caption, box_to_text, corners_to_text, phrase_with_boxes
+
+__all__ = [
+    "SAMPLE_FEATURES",
+    "BadSample",
+    "DataBudgetExceeded",
+    "DataHealth",
+    "blip_caption",
+    "box_to_text",
+    "corners_to_text",
+    "image_instruction",
+    "load_refer_pickle",
+    "make_sample",
+    "mix_datasets",
+    "phrase_with_boxes",
+    "read_aokvqa",
+    "read_cc_sbu_align",
+    "read_coco_vqa",
+    "read_conversations",
+    "read_flickr",
+    "read_gqa",
+    "read_llava_instruct",
+    "read_messages",
+    "read_refcoco",
+    "read_textcaps",
+    "read_unnatural_instructions",
+    "read_visual_genome",
+    "read_webdataset_captions",
+    "shard_for_rank",
+]
