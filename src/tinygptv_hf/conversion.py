@@ -7,13 +7,37 @@ an unknown key, a missing weight, a shape mismatch or a LoRA tensor without its 
 (the original's `strict=False` loading is what gave its users silently uninitialised weights).
 """
 
+import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from transformers.initialization import no_init_weights
 
-from .modeling import TinyGPTVConfig
-from .weights import WeightsError, split_fused_qkv
+from .cards import render_model_card
+from .checkpoint import STAGE_IMAGE_SIZE, build_processor, fit_tokenizer, resize_for_stage, save_checkpoint
+from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .presets import preset_config
+from .tokenization import load_llm_tokenizer
+from .weights import (
+    WeightsError,
+    blip2_to_tinygptv,
+    is_blip2_vision_side,
+    load_blip2_config,
+    load_phi_language_model,
+    phi_text_config,
+    read_state_dict,
+    split_fused_qkv,
+    weight_files,
+)
+
+# `--keep-adapter` layout: the peft adapter and the un-merged model it applies to, inside the output folder.
+ADAPTER_FOLDER, BASE_FOLDER = "adapter", "base"
+# The original's LoRA targets (`query_key_value`, `dense` of every Phi attention) in this model's module names.
+ADAPTER_TARGETS = r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
 
 LLM_PREFIXES = ("llama_model.base_model.model.", "llama_model.")
 
@@ -84,33 +108,56 @@ class ConvertedWeights:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     lora: dict[str, LoraPair] = field(default_factory=dict)
     ignored: dict[str, str] = field(default_factory=dict)
+    # Our name -> the source key it came from, so errors can name what the user's file holds.
+    origin: dict[str, str] = field(default_factory=dict)
 
     def update(self, other: "ConvertedWeights") -> "ConvertedWeights":
         self.tensors.update(other.tensors)
         self.lora.update(other.lora)
         self.ignored.update(other.ignored)
+        self.origin.update(other.origin)
         return self
 
 
-def eva_vit_to_original(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
-    """LAVIS `eva_vit_g.pth` under the wrapper's `visual_encoder.` prefix, without the blocks past `depth`.
+EVA_IGNORED_PREFIXES = {
+    "norm.": "EVA-CLIP's final norm, unused by BLIP-2",
+    "fc_norm.": "EVA-CLIP's pooling norm, unused by BLIP-2",
+    "head.": "EVA-CLIP's head, unused by BLIP-2",
+    "rel_pos_bias.": "relative position bias, disabled in BLIP-2's ViT",
+}
 
-    The EVA-CLIP-g checkpoint has one block more than BLIP-2 uses: features are the penultimate layer's output.
+
+def eva_vit_to_original(
+    state: dict[str, torch.Tensor], depth: int
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """LAVIS `eva_vit_g.pth` under the wrapper's `visual_encoder.` prefix, and the keys dropped with the reason.
+
+    The EVA-CLIP-g checkpoint has one block more than BLIP-2 uses (features are the penultimate layer's output):
+    block `depth` is dropped; a block past it means the file does not belong to this configuration.
     """
-    kept = {}
+    kept, ignored = {}, {}
     for key, tensor in state.items():
         block = re.match(r"^blocks\.(\d+)\.", key)
-        if block and int(block.group(1)) >= depth:
+        if block and int(block.group(1)) > depth:
+            raise WeightsError(
+                f"EVA ViT key {key!r} is past block {depth}: the file has more blocks than the configured "
+                f"depth {depth} + 1 (BLIP-2 drops only the last one)."
+            )
+        if block and int(block.group(1)) == depth:
+            ignored[key] = "EVA-CLIP-g's last block: BLIP-2 takes the penultimate layer's features"
             continue
-        if key.startswith(("norm.", "head.", "fc_norm.", "lm_head.", "rel_pos_bias.")):
+        reason = next((why for prefix, why in EVA_IGNORED_PREFIXES.items() if key.startswith(prefix)), None)
+        if reason:
+            ignored[key] = reason
             continue
         kept["visual_encoder." + key] = tensor
-    return kept
+    return kept, ignored
 
 
-def convert_original(state: dict[str, torch.Tensor], num_heads: int) -> ConvertedWeights:
+def convert_original(state: dict[str, torch.Tensor], num_heads: int, source: str = "") -> ConvertedWeights:
     """Rename original wrapper keys; fused Phi q/k/v is split per head, LoRA tensors are collected, not merged."""
     result = ConvertedWeights()
+    where = f" in {source}" if source else ""
     qv_bias: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         reason = next((why for pattern, why in IGNORED_KEYS.items() if pattern.search(key)), None)
@@ -123,14 +170,15 @@ def convert_original(state: dict[str, torch.Tensor], num_heads: int) -> Converte
             continue
         llm_prefix = next((prefix for prefix in LLM_PREFIXES if key.startswith(prefix)), None)
         if llm_prefix is not None:
-            _convert_llm_key(key[len(llm_prefix) :], tensor, num_heads, result, key)
+            _convert_llm_key(key[len(llm_prefix) :], tensor, num_heads, result, key + where)
             continue
         for pattern, target in _VISION_RULES:
             if pattern.search(key):
                 result.tensors[pattern.sub(target, key)] = tensor
+                result.origin[pattern.sub(target, key)] = key + where
                 break
         else:
-            raise WeightsError(f"Unknown key in the original weights: {key!r}")
+            raise WeightsError(f"Unknown key in the original weights: {key!r}{where}")
     for layer, parts in qv_bias.items():
         if set(parts) != {"q", "v"}:
             raise WeightsError(
@@ -139,6 +187,9 @@ def convert_original(state: dict[str, torch.Tensor], num_heads: int) -> Converte
         # EVA's key projection has no bias: the fused bias is (q_bias, 0, v_bias).
         fused = torch.cat([parts["q"], torch.zeros_like(parts["q"]), parts["v"]])
         result.tensors[f"model.vision_model.encoder.layers.{layer}.self_attn.qkv.bias"] = fused
+        result.origin[f"model.vision_model.encoder.layers.{layer}.self_attn.qkv.bias"] = (
+            f"visual_encoder.blocks.{layer}.attn.q_bias/v_bias{where}"
+        )
     return result
 
 
@@ -146,12 +197,14 @@ def _convert_llm_key(name: str, tensor, num_heads: int, result: ConvertedWeights
     lora = _LORA.match(name)
     if lora:
         base = _llm_target(lora.group("base"))
+        if base is None:
+            raise WeightsError(f"Unknown language-model key in the original weights: {original_key}")
         pair = result.lora.setdefault(base, LoraPair())
         setattr(pair, lora.group("part"), tensor)
         return
     target = _llm_target(name)
     if target is None:
-        raise WeightsError(f"Unknown language-model key in the original weights: {original_key!r}")
+        raise WeightsError(f"Unknown language-model key in the original weights: {original_key}")
     if target.endswith(".self_attn.query_key_value.weight") or target.endswith(
         ".self_attn.query_key_value.bias"
     ):
@@ -161,8 +214,10 @@ def _convert_llm_key(name: str, tensor, num_heads: int, result: ConvertedWeights
             ("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor, num_heads), strict=True
         ):
             result.tensors[f"{module}.{proj}.{suffix}"] = part
+            result.origin[f"{module}.{proj}.{suffix}"] = original_key
     else:
         result.tensors[target] = tensor
+        result.origin[target] = original_key
 
 
 def _llm_target(name: str) -> str | None:
@@ -173,29 +228,33 @@ def _llm_target(name: str) -> str | None:
     return None
 
 
-def merge_lora(tensors: dict[str, torch.Tensor], lora: dict[str, LoraPair], scaling: float, num_heads: int):
-    """Fold `scaling * B @ A` into the base weights in float32; fused q/k/v adapters split B per head (A shared)."""
+def split_lora(lora: dict[str, LoraPair], num_heads: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) per module of this model: a fused q/k/v adapter becomes three sharing A, B split per head."""
+    adapters = {}
     for module, pair in lora.items():
         if pair.A is None or pair.B is None:
             missing = "lora_A" if pair.A is None else "lora_B"
             raise WeightsError(f"LoRA adapter on {module} has no {missing}.weight.")
-        A, B = pair.A.float(), pair.B.float()
+        if pair.B.shape[1] != pair.A.shape[0]:
+            raise WeightsError(
+                f"LoRA adapter on {module}: lora_B {tuple(pair.B.shape)} does not fit lora_A {tuple(pair.A.shape)}."
+            )
         if module.endswith(".query_key_value"):
             prefix = module[: -len(".query_key_value")]
-            targets = [
-                (f"{prefix}.{proj}.weight", part)
-                for proj, part in zip(
-                    ("q_proj", "k_proj", "v_proj"), split_fused_qkv(B, num_heads), strict=True
-                )
-            ]
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(pair.B, num_heads), strict=True):
+                adapters[f"{prefix}.{proj}"] = (pair.A, part)
         else:
-            targets = [(f"{module}.weight", B)]
-        for weight_key, b in targets:
-            if weight_key not in tensors:
-                raise WeightsError(
-                    f"LoRA adapter on {module} has no base weight {weight_key!r} in the sources."
-                )
-            tensors[weight_key] = tensors[weight_key].float() + scaling * (b @ A)
+            adapters[module] = (pair.A, pair.B)
+    return adapters
+
+
+def merge_lora(tensors: dict[str, torch.Tensor], lora: dict[str, LoraPair], scaling: float, num_heads: int):
+    """Fold `scaling * B @ A` into the base weights in float32."""
+    for module, (A, B) in split_lora(lora, num_heads).items():
+        weight_key = f"{module}.weight"
+        if weight_key not in tensors:
+            raise WeightsError(f"LoRA adapter on {module} has no base weight {weight_key!r} in the sources.")
+        tensors[weight_key] = tensors[weight_key].float() + scaling * (B.float() @ A.float())
 
 
 def interpolate_position_embedding(
@@ -238,12 +297,19 @@ def finalize(
     return tensors
 
 
-def check_against_model(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]):
-    """Every expected weight present with its shape, nothing extra: errors name the keys."""
+def check_against_model(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], origin: dict[str, str] | None = None
+):
+    """Every expected weight present with its shape, nothing extra: errors name the keys (and their source key)."""
+    origin = origin or {}
+
+    def named(key):
+        return f"{key} (from {origin[key]})" if key in origin else key
+
     missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    unexpected = [named(key) for key in sorted(set(tensors) - set(expected))]
     mismatched = [
-        f"{key}: source {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
+        f"{named(key)}: source {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
         for key in sorted(set(tensors) & set(expected))
         if tuple(tensors[key].shape) != tuple(expected[key].shape)
     ]
@@ -269,27 +335,27 @@ def read_original_sources(
     stage_checkpoint=None,
 ) -> ConvertedWeights:
     """Gather every source into this model's names; later sources override earlier ones (stage file last)."""
-    from pathlib import Path
-
-    from .weights import blip2_to_tinygptv, load_phi_language_model, read_state_dict
-
     weights = ConvertedWeights()
     if phi is not None:
-        weights.tensors.update(load_phi_language_model(phi)[0])
+        weights.update(_labelled(load_phi_language_model(phi)[0], f"--phi {phi}"))
     if eva_vit is not None:
-        weights.update(
-            convert_original(eva_vit_to_original(read_state_dict(eva_vit), vision_depth), num_heads)
-        )
+        kept, ignored = eva_vit_to_original(read_state_dict(eva_vit), vision_depth)
+        weights.update(convert_original(kept, num_heads, str(eva_vit)))
+        weights.ignored.update({f"{eva_vit}: {key}": why for key, why in ignored.items()})
     if blip2 is not None:
         if Path(blip2).is_dir():
-            weights.tensors.update(blip2_to_tinygptv(read_state_dict(blip2)))
+            state = blip2_to_tinygptv(read_state_dict(blip2, select=is_blip2_vision_side))
+            weights.update(_labelled(state, f"--blip2 {blip2}"))
         else:
-            weights.update(convert_original(_model_entry(read_state_dict(blip2)), num_heads))
-    if full_state_dict is not None:
-        weights.update(convert_original(_model_entry(read_state_dict(full_state_dict)), num_heads))
-    if stage_checkpoint is not None:
-        weights.update(convert_original(_model_entry(read_state_dict(stage_checkpoint)), num_heads))
+            weights.update(convert_original(_model_entry(read_state_dict(blip2)), num_heads, str(blip2)))
+    for path in (full_state_dict, stage_checkpoint):
+        if path is not None:
+            weights.update(convert_original(_model_entry(read_state_dict(path)), num_heads, str(path)))
     return weights
+
+
+def _labelled(tensors: dict[str, torch.Tensor], source: str) -> ConvertedWeights:
+    return ConvertedWeights(tensors=dict(tensors), origin=dict.fromkeys(tensors, source))
 
 
 def _model_entry(state: dict) -> dict[str, torch.Tensor]:
@@ -301,13 +367,152 @@ def _model_entry(state: dict) -> dict[str, torch.Tensor]:
 
 def convert_to_model(weights: ConvertedWeights, config: TinyGPTVConfig, lora_scaling: float):
     """A float32 model holding exactly the converted weights (strict: every key checked)."""
-    from .modeling import TinyGPTVForConditionalGeneration
-
-    model = TinyGPTVForConditionalGeneration(config)
+    with no_init_weights():  # every parameter is overwritten: skip the random init (minutes at full size)
+        model = TinyGPTVForConditionalGeneration(config)
     tensors = {
         key: value.float() if value.is_floating_point() else value
         for key, value in finalize(weights, config, lora_scaling).items()
     }
-    check_against_model(tensors, model.state_dict())
+    check_against_model(tensors, model.state_dict(), weights.origin)
     model.load_state_dict(tensors, strict=True)
     return model.eval()
+
+
+def default_config(phi=None, blip2=None) -> TinyGPTVConfig:
+    """The paper's architecture, with the Phi folder's text config and a BLIP-2 folder's vision and Q-Former."""
+    overrides = {}
+    if phi is not None:
+        overrides["text_config"] = phi_text_config(json.loads((Path(phi) / "config.json").read_text()))
+    if blip2 is not None and Path(blip2).is_dir():
+        _, overrides["vision_config"], overrides["qformer_config"] = load_blip2_config(blip2)
+    return preset_config("phi2", **overrides)
+
+
+def lora_rank(lora: dict[str, LoraPair]) -> int | None:
+    """The one rank all adapters share (the scaling alpha/r depends on it), or None without LoRA."""
+    ranks = {module: pair.A.shape[0] for module, pair in lora.items() if pair.A is not None}
+    if len(set(ranks.values())) > 1:
+        raise WeightsError(f"LoRA adapters of different ranks in the sources: {ranks}")
+    return next(iter(ranks.values()), None)
+
+
+def save_adapter(base_model, weights: ConvertedWeights, config: TinyGPTVConfig, lora_r: int, lora_alpha: int, path):
+    """A peft adapter (q/k/v/dense of every decoder layer, as the original's query_key_value + dense) on `base_model`.
+
+    `base_model` is wrapped in place: save it first.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    adapters = split_lora(weights.lora, config.text_config.num_attention_heads)
+    lora_config = LoraConfig(
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=0.05,
+        bias="none",
+        target_modules=ADAPTER_TARGETS,
+        base_model_name_or_path=str(Path(path).resolve().parent / BASE_FOLDER),
+    )
+    peft_model = get_peft_model(base_model, lora_config)
+    targeted = {
+        name for name, module in base_model.named_modules() if hasattr(module, "lora_A") and "default" in module.lora_A
+    }
+    if targeted != set(adapters):
+        raise WeightsError(
+            "The sources' LoRA adapters do not cover exactly the attention projections of every layer: "
+            f"without an adapter {sorted(targeted - set(adapters))[:10]}, "
+            f"not an attention projection {sorted(set(adapters) - targeted)[:10]}."
+        )
+    with torch.no_grad():
+        for name, (A, B) in adapters.items():
+            module = base_model.get_submodule(name)
+            module.lora_A["default"].weight.copy_(A)
+            module.lora_B["default"].weight.copy_(B)
+    peft_model.save_pretrained(path)
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_files(sources: dict[str, str | os.PathLike | None]) -> list[dict]:
+    """{"role", "path", "sha256"} of every file the conversion reads: weight files, shards, folder configs."""
+    files = []
+    for role, path in sources.items():
+        if path is None:
+            continue
+        path = Path(path)
+        read = weight_files(path) if role != "config" else [path]
+        if path.is_dir():
+            read = [path / "config.json", *read]
+        files += [{"role": role, "path": str(file), "sha256": sha256_of(file)} for file in read]
+    return files
+
+
+def convert_release(
+    output_dir,
+    *,
+    stage: int,
+    phi=None,
+    eva_vit=None,
+    blip2=None,
+    full_state_dict=None,
+    stage_checkpoint=None,
+    tokenizer=None,
+    config=None,
+    lora_r: int = 64,
+    lora_alpha: int = 16,
+    keep_adapter: bool = False,
+) -> Path:
+    """Write the checkpoint folder of one stage from the original release's files (see `tinygptv convert`)."""
+    if stage not in STAGE_IMAGE_SIZE or stage == 0:
+        raise ValueError(f"--stage must be 1, 2, 3 or 4 (a released stage), got {stage}.")
+    if eva_vit is not None and (blip2 is None or Path(blip2).is_dir()):
+        raise ValueError(
+            "--eva-vit needs --blip2 blip2_pretrained_flant5xxl.pth (it carries ln_vision and the Q-Former); "
+            "a transformers BLIP-2 folder already holds the ViT."
+        )
+    if tokenizer is None and phi is None:
+        raise ValueError("Give --tokenizer (or --phi, whose folder holds the tokenizer).")
+    model_config = TinyGPTVConfig.from_json_file(config) if config else default_config(phi, blip2)
+    model_config = resize_for_stage(model_config, stage)
+    text_tokenizer = load_llm_tokenizer(str(tokenizer or phi))
+    model_config = fit_tokenizer(model_config, text_tokenizer)
+
+    sources = dict(
+        phi=phi, eva_vit=eva_vit, blip2=blip2, full_state_dict=full_state_dict, stage_checkpoint=stage_checkpoint
+    )
+    weights = read_original_sources(
+        num_heads=model_config.text_config.num_attention_heads,
+        vision_depth=model_config.vision_config.num_hidden_layers,
+        **sources,
+    )
+    rank = lora_rank(weights.lora)
+    if rank is not None and rank != lora_r:
+        raise ValueError(f"The sources' LoRA rank is {rank} but --lora-r is {lora_r}: the scaling alpha/r needs both.")
+    if keep_adapter and not weights.lora:
+        raise ValueError("--keep-adapter: the sources hold no LoRA tensors (stage 1 trains none).")
+
+    output_dir = Path(output_dir)
+    processor = build_processor(text_tokenizer, model_config)
+    save_checkpoint(convert_to_model(weights, model_config, lora_alpha / lora_r), processor, output_dir)
+    if keep_adapter:
+        base = convert_to_model(ConvertedWeights(weights.tensors, origin=weights.origin), model_config, 0.0)
+        save_checkpoint(base, processor, output_dir / BASE_FOLDER)
+        save_adapter(base, weights, model_config, lora_r, lora_alpha, output_dir / ADAPTER_FOLDER)
+
+    files = source_files({**sources, "tokenizer": None if tokenizer is None else tokenizer, "config": config})
+    record = {
+        "stage": stage,
+        "lora": {"r": lora_r, "alpha": lora_alpha, "merged": bool(weights.lora), "adapter": keep_adapter},
+        "source_files": files,
+        "ignored_source_keys": weights.ignored,
+    }
+    (output_dir / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    card_files = [{"path": Path(file["path"]).name, "sha256": file["sha256"]} for file in files]
+    render_model_card(output_dir, stage=stage, source_files=card_files).save(output_dir / "README.md")
+    return output_dir

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -28,32 +28,43 @@ def load_pickle(path) -> dict:
         ) from error
 
 
-def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Tensors from a `.safetensors`/`.bin`/`.pth` file, or from a folder (sharded or not)."""
+def weight_files(path) -> list[Path]:
+    """The files `read_state_dict` reads for `path`: the file itself, or a folder's single file or its shards."""
     path = Path(path)
-    if path.is_dir():
-        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            index = path / index_name
-            if index.exists():
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-                state = {}
-                for shard in shards:
-                    state.update(read_state_dict(path / shard))
-                return state
-        for name in WEIGHT_FILES:
-            if (path / name).exists():
-                return read_state_dict(path / name)
-        raise WeightsError(f"No weights in {path}: expected one of {WEIGHT_FILES} or a sharded index.")
-    if not path.exists():
-        raise WeightsError(f"Weight file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(os.fspath(path))
-        except Exception as error:
-            raise WeightsError(f"Cannot read {path}: {error}") from error
-    state = load_pickle(path)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    if not path.is_dir():
+        if not path.exists():
+            raise WeightsError(f"Weight file not found: {path}")
+        return [path]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.exists():
+            return [path / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    for name in WEIGHT_FILES:
+        if (path / name).exists():
+            return [path / name]
+    raise WeightsError(f"No weights in {path}: expected one of {WEIGHT_FILES} or a sharded index.")
+
+
+def read_state_dict(path, select=None) -> dict[str, torch.Tensor]:
+    """Tensors from a `.safetensors`/`.bin`/`.pth` file, or from a folder (sharded or not).
+
+    `select(key) -> bool` keeps only some tensors; safetensors files then read nothing else (a BLIP-2 folder's
+    vision side without its 11B-parameter language model).
+    """
+    state = {}
+    for file in weight_files(path):
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(os.fspath(file), "pt") as handle:
+                    keys = [key for key in handle.keys() if select is None or select(key)]
+                    state.update({key: handle.get_tensor(key) for key in keys})
+            except Exception as error:
+                raise WeightsError(f"Cannot read {file}: {error}") from error
+            continue
+        loaded = load_pickle(file)
+        if not isinstance(loaded, dict):
+            raise WeightsError(f"{file} holds a {type(loaded).__name__}, not a state dict.")
+        state.update({key: value for key, value in loaded.items() if select is None or select(key)})
     return state
 
 
@@ -111,21 +122,25 @@ def load_phi_language_model(path) -> tuple[dict[str, torch.Tensor], dict]:
     return phi_to_tinygptv(read_state_dict(path), text_config["num_attention_heads"]), text_config
 
 
+def is_blip2_vision_side(key: str) -> bool:
+    name = key[len("model.") :] if key.startswith("model.") else key
+    return name.startswith(("vision_model.", "qformer.")) or name == "query_tokens"
+
+
 def blip2_to_tinygptv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The vision tower, Q-Former and query tokens of a transformers BLIP-2 checkpoint; its LLM side is dropped."""
     converted = {}
     for key, tensor in state.items():
-        name = key[len("model.") :] if key.startswith("model.") else key
-        if name.startswith(("vision_model.", "qformer.")) or name == "query_tokens":
-            converted["model." + name] = tensor
+        if is_blip2_vision_side(key):
+            converted["model." + (key[len("model.") :] if key.startswith("model.") else key)] = tensor
     if "model.query_tokens" not in converted:
         raise WeightsError("The BLIP-2 weights have no query_tokens: is this a BLIP-2 checkpoint?")
     return converted
 
 
-def load_blip2_vision_side(path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    path = Path(path)
-    config_file = path / "config.json"
+def load_blip2_config(path) -> tuple[dict, dict, dict]:
+    """A transformers BLIP-2 folder's config, with its vision and Q-Former parts as plain sub-config dicts."""
+    config_file = Path(path) / "config.json"
     if not config_file.exists():
         raise WeightsError(f"{path} is not a transformers BLIP-2 folder: config.json is missing.")
     config = json.loads(config_file.read_text())
@@ -134,4 +149,10 @@ def load_blip2_vision_side(path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     for sub in (vision_config, qformer_config):
         for field in ("model_type", "transformers_version", "architectures", "_name_or_path"):
             sub.pop(field, None)
-    return blip2_to_tinygptv(read_state_dict(path)), vision_config, qformer_config
+    return config, vision_config, qformer_config
+
+
+def load_blip2_vision_side(path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    _, vision_config, qformer_config = load_blip2_config(path)
+    state = read_state_dict(path, select=is_blip2_vision_side)
+    return blip2_to_tinygptv(state), vision_config, qformer_config
