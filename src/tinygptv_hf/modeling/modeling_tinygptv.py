@@ -8,13 +8,18 @@ Images enter the text sequence at placeholder tokens: the processor expands ever
 This file ships as remote code: it may import only pip packages and siblings in its own folder.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.initialization import normal_, trunc_normal_
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
 from transformers.models.blip_2.modeling_blip_2 import (
     Blip2QFormerModel,
     Blip2VisionEmbeddings,
@@ -69,6 +74,43 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _no_split_modules = ["Blip2EncoderLayer", "Blip2QFormerLayer", "TinyGPTVDecoderLayer"]
     _skip_keys_device_placement = "cache"
+    # bitsandbytes quantizes only the language model's layers unless the caller lists `llm_int8_skip_modules`
+    # (a list of their own replaces this one). The image path and the LM head are small and sensitive to rounding.
+    # Patterns match from the start of a module name, hence the optional prefix of the backbone inside the LM class.
+    _bnb_skip_modules = [
+        r"(model\.)?vision_model",
+        r"(model\.)?query_tokens",
+        r"(model\.)?qformer",
+        r"(model\.)?multi_modal_projector",
+        "lm_head",
+    ]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that raises on missing or unexpected weights instead of warning and
+        initialising them randomly, and that keeps `_bnb_skip_modules` unquantized under bitsandbytes by default.
+        Pass `output_loading_info=True` to load a partial checkpoint and inspect the keys yourself."""
+        quantization_config = kwargs.get("quantization_config")
+        if (
+            getattr(quantization_config, "quant_method", None) == "bitsandbytes"
+            and quantization_config.llm_int8_skip_modules is None
+        ):
+            quantization_config = copy.deepcopy(quantization_config)
+            quantization_config.llm_int8_skip_modules = list(cls._bnb_skip_modules)
+            kwargs["quantization_config"] = quantization_config
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if wants_loading_info:
+            return model, loading_info
+        missing, unexpected = sorted(loading_info["missing_keys"]), sorted(loading_info["unexpected_keys"])
+        if missing or unexpected:
+            raise ValueError(
+                f"The checkpoint at {pretrained_model_name_or_path} does not match {cls.__name__}: missing weights "
+                f"{missing}, unexpected weights {unexpected}. Pass output_loading_info=True to load it anyway."
+            )
+        return model
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -81,6 +123,9 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
 
 
 class TinyGPTVModel(TinyGPTVPreTrainedModel):
+    # The backbone loads from a full checkpoint, whose LM head it has no place for.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
     def __init__(self, config: TinyGPTVConfig):
         super().__init__(config)
         self.vision_model = Blip2VisionModel(config.vision_config)

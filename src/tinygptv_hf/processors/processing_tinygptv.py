@@ -7,6 +7,9 @@ added (as the original at inference). This file ships as remote code: same-folde
 
 from transformers.processing_utils import ProcessorMixin
 
+# Where a prompt hands over to the answer, in the `###Human:`/`###Assistant:` and `[INST]`/`[/INST]` families.
+ASSISTANT_MARKERS = ("###Assistant: ", "[/INST]")
+
 
 class TinyGPTVProcessor(ProcessorMixin):
     def __init__(
@@ -52,8 +55,26 @@ class TinyGPTVProcessor(ProcessorMixin):
         return text.strip()
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
-        texts = self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
-        return [self.clean_answer(text) for text in texts]
+        """Clean answers from generated token ids.
+
+        Only new tokens (`outputs[:, prompt_length:]`) decode to the bare answer. A sequence that still holds its
+        prompt (it contains image tokens, as `generate`'s full output that the pipeline passes) keeps the prompt
+        text and only what follows the prompt's last assistant marker is cleaned, so the decoded prompt stays a
+        prefix of the decoded sequence (the pipeline strips it that way).
+        """
+        if hasattr(generated_outputs, "tolist"):
+            generated_outputs = generated_outputs.tolist()
+        single = bool(generated_outputs) and isinstance(generated_outputs[0], int)
+        texts = []
+        for ids in [generated_outputs] if single else generated_outputs:
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
+            prompt_end = 0
+            if self.image_token_id in ids:
+                ends = [text.rfind(marker) + len(marker) for marker in ASSISTANT_MARKERS if marker in text]
+                prompt_end = max(ends, default=0)
+            texts.append(text[:prompt_end] + self.clean_answer(text[prompt_end:]))
+        return texts[0] if single else texts
 
     @property
     def model_input_names(self):
