@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+from huggingface_hub.hf_api import RepoFile
 
-from .cards import render_model_card
+from .cards import STAGE_NAMES, render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _operations(api: HfApi, repo_id: str, commit: str, files: dict[str, Path]) -
     remote = {
         entry.path: entry
         for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit)
-        if hasattr(entry, "blob_id") and entry.path not in HUB_FILES
+        if isinstance(entry, RepoFile) and entry.path not in HUB_FILES
     }
     operations = [CommitOperationDelete(path) for path in sorted(set(remote) - set(files))]
     for path, local in files.items():
@@ -106,6 +107,8 @@ def push_stage(
     Returns {"repo_id", "stage", "branch", "commit", "tag", "new_commit", "main"} (`main` is the commit `main`
     points to after an `update_main` push, else None).
     """
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"Stage must be one of {sorted(STAGE_NAMES)}, got {stage}.")
     folder = Path(checkpoint_dir)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json).")
