@@ -27,15 +27,14 @@ def read_tar_samples(path: str):
             folder, name = os.path.split(member.name)
             stem, _, extension = name.partition(".")
             member_key = f"{folder}/{stem}" if folder else stem
-            try:
-                data = tar.extractfile(member).read()
-            except (tarfile.ReadError, OSError, EOFError) as error:
-                raise BadRecord(member_key, f"truncated tar member {member.name}: {error}") from error
             if member_key != key and group:
                 yield key, group
                 group = {}
             key = member_key
-            group[extension] = data
+            try:
+                group[extension] = tar.extractfile(member).read()
+            except (tarfile.ReadError, OSError, EOFError) as error:
+                raise BadRecord(member_key, f"truncated tar member {member.name}: {error}") from error
     if not _ends_with_archive_marker(path):
         raise BadRecord(f"after {key}", "tar shard ends without its end-of-archive marker (truncated)")
     if group:
