@@ -1,0 +1,147 @@
+"""A tiny visual world for the demo: one to three big coloured shapes on a pale background, and the language
+about it (captions, descriptions, questions, referring expressions, grounded captions).
+
+Every image holds distinct colours and distinct shapes, so "the red circle", "what colour is the square?" and
+"what shape is the blue object?" always have exactly one answer; VQA answers come from a closed set of 14 words.
+"""
+
+import io
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+from .text import box_corners, phrase_with_boxes
+
+COLOURS = {"red": (215, 40, 40), "green": (35, 160, 60), "blue": (40, 80, 215), "yellow": (235, 200, 25)}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS = {
+    "white": (250, 250, 250),
+    "grey": (200, 200, 200),
+    "cream": (245, 230, 200),
+    "pale pink": (250, 215, 225),
+}
+COUNT_WORDS = {1: "1", 2: "2", 3: "3"}
+QUESTION_TYPES = ("colour", "shape", "count", "exist", "position")
+VQA_ANSWERS = (*COLOURS, *SHAPES, *COUNT_WORDS.values(), "yes", "no", "left", "right")
+
+
+@dataclass(frozen=True)
+class Shape:
+    colour: str
+    kind: str
+    box: tuple[int, int, int, int]  # x, y, width, height in pixels
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.kind}"
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x, y, w, h = self.box
+        return x + w / 2, y + h / 2
+
+
+@dataclass(frozen=True)
+class Scene:
+    image_id: int
+    size: int
+    background: str
+    shapes: tuple[Shape, ...]
+
+
+def make_scene(rng: random.Random, image_id: int, size: int = 224) -> Scene:
+    """A random scene; shapes are large (28-40% of the side) and never overlap."""
+    count = rng.randint(1, 3)
+    colours = rng.sample(list(COLOURS), count)
+    kinds = rng.sample(SHAPES, count)
+    boxes: list[tuple[int, int, int, int]] = []
+    for _ in range(200):
+        if len(boxes) == count:
+            break
+        side = rng.randint(int(0.28 * size), int(0.40 * size))
+        x, y = rng.randint(2, size - side - 2), rng.randint(2, size - side - 2)
+        if all(
+            x + side + 4 <= bx or bx + bw + 4 <= x or y + side + 4 <= by or by + bh + 4 <= y
+            for bx, by, bw, bh in boxes
+        ):
+            boxes.append((x, y, side, side))
+    shapes = tuple(Shape(c, k, b) for c, k, b in zip(colours, kinds, boxes, strict=False))
+    return Scene(image_id, size, rng.choice(list(BACKGROUNDS)), shapes)
+
+
+def render(scene: Scene) -> bytes:
+    """The scene as JPEG bytes (deterministic for a given scene)."""
+    image = Image.new("RGB", (scene.size, scene.size), BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(image)
+    for shape in scene.shapes:
+        x, y, w, h = shape.box
+        fill = COLOURS[shape.colour]
+        if shape.kind == "circle":
+            draw.ellipse((x, y, x + w - 1, y + h - 1), fill=fill)
+        elif shape.kind == "square":
+            draw.rectangle((x, y, x + w - 1, y + h - 1), fill=fill)
+        else:
+            draw.polygon([(x + w / 2, y), (x + w - 1, y + h - 1), (x, y + h - 1)], fill=fill)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _place(shape: Shape, size: int) -> str:
+    cx, cy = shape.centre
+    row = ("top", "middle", "bottom")[min(2, int(3 * cy / size))]
+    column = ("left", "centre", "right")[min(2, int(3 * cx / size))]
+    return "centre" if row == "middle" and column == "centre" else f"{row} {column}".replace("middle ", "")
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def caption(scene: Scene) -> str:
+    return f"{_join([f'a {s.name}' for s in scene.shapes])} on a {scene.background} background"
+
+
+def description(scene: Scene) -> str:
+    number = ("one shape", "two shapes", "three shapes")[len(scene.shapes) - 1]
+    parts = [f"The image shows {number} on a {scene.background} background."]
+    parts += [f"A {s.name} is in the {_place(s, scene.size)}." for s in scene.shapes]
+    return " ".join(parts)
+
+
+def referring_sentences(shape: Shape, scene: Scene) -> list[str]:
+    return [f"the {shape.name}", f"{shape.name}", f"the {shape.name} in the {_place(shape, scene.size)}"]
+
+
+def corners(shape: Shape, scene: Scene) -> tuple[int, int, int, int]:
+    return box_corners(shape.box, scene.size, scene.size)
+
+
+def grounded_caption(scene: Scene) -> str:
+    """``<p>red circle</p> {<x1><y1><x2><y2>}`` for each shape, in the Flickr grounded-caption style."""
+    phrases = [phrase_with_boxes(f"a {s.name}", [corners(s, scene)]) for s in scene.shapes]
+    return f"{_join(phrases)} on a {scene.background} background"
+
+
+def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+    """``(question_type, question, answer)``: one of each type the scene allows."""
+    shape = rng.choice(scene.shapes)
+    out = [
+        ("colour", f"What colour is the {shape.kind}?", shape.colour),
+        ("shape", f"What shape is the {shape.colour} object?", shape.kind),
+        ("count", "How many shapes are there?", COUNT_WORDS[len(scene.shapes)]),
+    ]
+    present = rng.random() < 0.5
+    if present:
+        asked = rng.choice(scene.shapes).name
+    else:
+        names = {s.name for s in scene.shapes}
+        asked = rng.choice([f"{c} {k}" for c in COLOURS for k in SHAPES if f"{c} {k}" not in names])
+    out.append(("exist", f"Is there a {asked}?", "yes" if present else "no"))
+    if len(scene.shapes) > 1:
+        a, b = rng.sample(scene.shapes, 2)
+        if abs(a.centre[0] - b.centre[0]) >= a.box[2] / 2:
+            side = "left" if a.centre[0] < b.centre[0] else "right"
+            out.append(("position", f"Is the {a.name} left or right of the {b.name}?", side))
+    return out

@@ -1,0 +1,90 @@
+"""The demo's synthetic world: deterministic from its seed, learnable by construction, and readable by the very
+readers used on real data."""
+
+import hashlib
+import os
+import random
+import re
+
+import pytest
+
+from tinygptv_hf import data
+from tinygptv_hf.data import scenes
+from tinygptv_hf.data.synthetic import write_synthetic_world
+
+
+def tree_digest(root) -> dict:
+    digests = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return write_synthetic_world(root, seed=7, n_train=24, n_eval=6, image_size=96, num_shards=2)
+
+
+def test_same_seed_same_bytes_and_another_seed_differs(world, tmp_path):
+    again = write_synthetic_world(tmp_path / "again", seed=7, n_train=24, n_eval=6, image_size=96, num_shards=2)
+    other = write_synthetic_world(tmp_path / "other", seed=8, n_train=24, n_eval=6, image_size=96, num_shards=2)
+    reference = tree_digest(world["root"])
+    assert len(reference) > 50
+    assert tree_digest(again["root"]) == reference
+    assert tree_digest(other["root"]) != reference
+
+
+def test_scenes_are_unambiguous_and_inside_the_image():
+    rng = random.Random(0)
+    for image_id in range(200):
+        scene = scenes.make_scene(rng, image_id, 224)
+        assert 1 <= len(scene.shapes) <= 3
+        assert len({s.colour for s in scene.shapes}) == len({s.kind for s in scene.shapes}) == len(scene.shapes)
+        for shape in scene.shapes:
+            x, y, w, h = shape.box
+            assert 0 <= x and x + w <= 224 and 0 <= y and y + h <= 224 and w >= int(0.28 * 224)
+        for _, question, answer in scenes.questions(scene, rng):
+            assert answer in scenes.VQA_ANSWERS, question
+
+
+def read_all(stream, health):
+    samples = list(stream)
+    assert samples and health.total_bad == 0
+    return samples
+
+
+def test_every_training_format_reads_back_through_the_readers(world):
+    health = data.DataHealth(max_bad_samples=0)
+    captions = read_all(data.read_webdataset_captions(world["webdataset"], health=health), health)
+    assert len(captions) == 24 and all(s["turns"][0]["instruction"] == "" for s in captions)
+    assert captions[0]["image"].size == (96, 96)
+    align = read_all(data.read_cc_sbu_align(world["cc_sbu_align"], health=health), health)
+    assert all(s["turns"][0]["answer"].startswith("The image shows") for s in align)
+    vqa = read_all(data.read_coco_vqa(world["coco_vqa"], world["coco_images"], health=health), health)
+    assert {s["turns"][0]["answer"] for s in vqa} <= set(scenes.VQA_ANSWERS)
+    assert all("[vqa]" in s["turns"][0]["instruction"] for s in vqa)
+    refer = read_all(data.read_refcoco(world["refer_root"], world["coco_images"], health=health), health)
+    assert all(re.fullmatch(r"\{<\d+><\d+><\d+><\d+>\}", s["turns"][0]["answer"]) for s in refer)
+    read_all(data.read_refcoco(world["refer_root"], world["coco_images"], inverse=True, health=health), health)
+    read_all(data.read_llava_instruct(world["llava_detail"], world["coco_images"], health=health), health)
+    for task in ("grounded_caption", "caption_to_phrase", "phrase_to_box"):
+        grounded = read_all(data.read_flickr(world[f"flickr_{task}"], world["flickr_images"], task=task,
+                                             health=health), health)
+        assert all("<p>" in s["turns"][0]["answer"] for s in grounded)
+
+
+def test_held_out_sets_use_only_held_out_images(world):
+    health = data.DataHealth(max_bad_samples=0)
+    testdev = read_all(data.read_gqa(world["gqa_testdev"], world["gqa_images"], health=health), health)
+    assert len(os.listdir(world["gqa_images"])) == 6 and len(testdev) >= 6 * 4
+    refs = data.load_refer_pickle(os.path.join(world["refer_root"], "refcoco", "refs(unc).p"))
+    train_ids = {r["image_id"] for r in refs if r["split"] == "train"}
+    eval_ids = {r["image_id"] for r in refs if r["split"] == world["refcoco_eval_split"]}
+    assert train_ids == set(range(1, 25)) and eval_ids == set(range(25, 31))
+    held_out = read_all(data.read_refcoco(world["refer_root"], world["coco_images"], split="val",
+                                          health=health), health)
+    assert len(held_out) == len([r for r in refs if r["split"] == "val"])
