@@ -20,6 +20,7 @@ from .readers import (
     read_webdataset_captions,
 )
 from .samples import SAMPLE_FEATURES, image_instruction, make_sample
+from .synthetic import write_synthetic_world
 from .text import blip_caption, box_to_text, corners_to_text, phrase_with_boxes
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "read_visual_genome",
     "read_webdataset_captions",
     "shard_for_rank",
+    "write_synthetic_world",
 ]
