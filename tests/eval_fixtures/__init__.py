@@ -1,0 +1,1 @@
+"""Small benchmark folders in each benchmark's real released file format, with generated images."""

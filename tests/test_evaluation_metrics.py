@@ -1,0 +1,125 @@
+"""Both scoring modes of every shipped metric against hand-computed scores, quirks included in `paper` only."""
+
+import evaluate
+import pytest
+
+from tinygptv_hf.evaluation import METRICS_DIR, clean_answer, load_metric, original_cleanup
+from tinygptv_hf.evaluation.answers import box_iou
+from tinygptv_hf.evaluation.vqa_normalization import normalize_answer, vqa_accuracy
+
+
+def scores(name, predictions, references):
+    """{mode: (accuracy, per-sample scores)} computed through `evaluate`."""
+    results = {}
+    for mode in ("paper", "standard"):
+        result = load_metric(name, mode).compute(predictions=predictions, references=references)
+        results[mode] = (result["accuracy"], result["scores"])
+    return results
+
+
+def test_gqa_paper_matches_substrings_of_the_untruncated_output():
+    results = scores(
+        "gqa",
+        ["Not sure###Human: no", "No.", "Yes, it is", "the table###"],
+        ["no", "no", "yes", "table"],
+    )
+    # "no" is found past the end symbol and inside "not"; standard needs the normalised answer to equal it.
+    assert results["paper"] == (100.0, [1.0, 1.0, 1.0, 1.0])
+    assert results["standard"] == (50.0, [0.0, 1.0, 0.0, 1.0])
+
+
+def test_vsr_paper_double_counts_yes_and_no():
+    results = scores("vsr", ["True, yes.", "no", "false", "I do not know###false"], [1, 0, 1, 0])
+    # "true"+"yes" score 2; "false" after ### and "no" inside "not"/"know" score 2 for a non-answer.
+    assert results["paper"] == (125.0, [2.0, 1.0, 0.0, 2.0])
+    assert results["standard"] == (50.0, [1.0, 1.0, 0.0, 0.0])
+
+
+def test_vizwiz_paper_counts_an_empty_answer_fully_correct():
+    references = [
+        ["unanswerable"] * 10,
+        ["coca cola"] * 3 + ["coke"] * 7,
+        ["dark red"] * 2 + ["blue"] * 8,
+        ["x_y"] * 3 + ["z"] * 7,
+    ]
+    results = scores("vizwiz", ["", "Coca Cola###Human: hi", "red", "x y"], references)
+    paper_accuracy, paper_scores = results["paper"]
+    # Empty answer: substring of all 10 -> 1. "red" inside "dark red" twice -> 2/3. "x_y" split on "_" -> 6 hits.
+    assert paper_scores == pytest.approx([1.0, 1.0, 2 / 3, 1.0])
+    assert paper_accuracy == pytest.approx(100 * (3 + 2 / 3) / 4)
+    standard_accuracy, standard_scores = results["standard"]
+    # VQA accuracy: 3 of 10 agree -> (3 * 2/3 + 7 * 1) / 10 = 0.9; "x_y" normalises to "x y".
+    assert standard_scores == pytest.approx([0.0, 0.9, 0.0, 0.9])
+    assert standard_accuracy == pytest.approx(45.0)
+
+
+def test_hateful_memes_paper_reads_any_no_inside_a_word():
+    results = scores(
+        "hateful_memes",
+        ["Yes###", "I do not know", "eyes closed", "maybe", "No, it is not."],
+        [1, 0, 1, 0, 0],
+    )
+    # "not" reads as no, "eyes" as yes, "maybe" is neither (wrong).
+    assert results["paper"] == (80.0, [1.0, 1.0, 1.0, 0.0, 1.0])
+    assert results["standard"] == (40.0, [1.0, 0.0, 0.0, 0.0, 1.0])
+
+
+def test_okvqa_paper_normalises_only_when_annotators_disagree():
+    references = [["yes"] * 10, ["two"] * 4 + ["2"] * 6, ["dog"] * 2 + ["cat"] * 8]
+    results = scores("okvqa", ["Yes.", "Two", "Assistant: dog"], references)
+    # Unanimous "yes" is compared raw with "yes."; the lower-cased answer keeps "assistant: ".
+    paper_accuracy, paper_scores = results["paper"]
+    assert paper_scores == pytest.approx([0.0, 1.0, 0.0])
+    standard_accuracy, standard_scores = results["standard"]
+    # "dog" matches 2 of 10: (2 * 1/3 + 8 * 2/3) / 10 = 0.6.
+    assert standard_scores == pytest.approx([1.0, 1.0, 0.6])
+    assert (paper_accuracy, standard_accuracy) == pytest.approx((100 / 3, 260 / 3))
+
+
+def test_refcoco_paper_uses_inclusive_pixels_and_exactly_four_numbers():
+    reference = {"bbox": [10.0, 20.0, 40.0, 30.0], "width": 200, "height": 100}
+    square = {"bbox": [0.0, 0.0, 10.0, 10.0], "width": 100, "height": 100}
+    predictions = [
+        "{<5><20><25><50>}",
+        "{ <5> <20> <25> <50> }",
+        "{<5><20><25><50>}<delim>{<1><1><2><2>}",
+        "{<0><0><5><10>}",
+        "Sorry, I cannot.",
+    ]
+    results = scores("refcoco", predictions, [reference, reference, reference, square, reference])
+    # Half of the square: plain IoU is exactly 0.5 (a miss); with +1 pixels it is 66/121 (a hit).
+    assert results["paper"] == (60.0, [1.0, 1.0, 0.0, 1.0, 0.0])
+    assert results["standard"] == (60.0, [1.0, 1.0, 1.0, 0.0, 0.0])
+
+
+def test_iconqa_is_exact_match_of_the_chosen_index():
+    results = scores("iconqa", [2, 0, 1], [2, 1, 1])
+    assert results["paper"] == results["standard"] == (pytest.approx(200 / 3), [1.0, 0.0, 1.0])
+
+
+def test_a_metric_refuses_to_run_without_a_mode():
+    with pytest.raises(ValueError, match="needs config_name 'paper' or 'standard'"):
+        evaluate.load(str(METRICS_DIR / "gqa"))
+    with pytest.raises(ValueError, match="Unknown scoring mode"):
+        load_metric("gqa", "lenient")
+
+
+def test_answer_cleanup():
+    raw = "<s>[INST] ignored [/INST] Assistant: a red car###Human: what?</s>tail"
+    assert original_cleanup(raw) == "Assistant: a red car###Human: what?"
+    assert clean_answer(raw) == "a red car"
+
+
+def test_vqa_normalisation():
+    assert normalize_answer("Two dogs.") == "2 dogs"
+    assert normalize_answer("The cat's toy!") == "cat's toy"
+    assert normalize_answer("dont  know\n") == "don't know"
+    assert normalize_answer("1,000") == "1000"
+    assert normalize_answer("x-ray") == "x ray"
+    assert vqa_accuracy("2", ["2"] * 2 + ["3"] * 8) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+
+
+def test_box_iou_conventions():
+    assert box_iou([0, 0, 10, 10], [0, 0, 5, 10]) == pytest.approx(0.5)
+    assert box_iou([0, 0, 10, 10], [0, 0, 5, 10], inclusive=True) == pytest.approx(66 / 121)
+    assert box_iou([0, 0, 1, 1], [5, 5, 6, 6]) == 0.0
