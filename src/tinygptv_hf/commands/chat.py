@@ -1,0 +1,40 @@
+"""`tinygptv chat`: talk to a checkpoint in the terminal, with streamed answers and grounding boxes saved."""
+
+
+def add_model_arguments(parser):
+    """The checkpoint and how to load it; shared with `tinygptv serve`."""
+    parser.add_argument("model", help="checkpoint folder or Hub id")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--load-in-8bit", dest="quantization", action="store_const", const="8bit")
+    weights.add_argument("--load-in-4bit", dest="quantization", action="store_const", const="4bit")
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser("chat", help="talk to a checkpoint in the terminal")
+    add_model_arguments(parser)
+    parser.add_argument("--image", help="picture to talk about (change it later with /image PATH)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--repetition-penalty", type=float, default=1.05)
+    parser.add_argument("--max-new-tokens", type=int, default=300)
+    parser.add_argument("--greedy", action="store_true", help="deterministic answers instead of sampling")
+    parser.add_argument("--save-dir", help="folder for annotated images (default: a new temporary folder)")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    from ..chat import ChatSession, GenerationSettings, ModelStream, load_chat_model
+    from ..chat.terminal import TerminalChat
+    from ..processors import load_image
+
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        greedy=args.greedy,
+    )
+    image = load_image(args.image) if args.image else None  # a bad path fails before the slow model load
+    stream = ModelStream(*load_chat_model(args.model, args.quantization))
+    session = ChatSession(stream, settings, stream.end_symbol, image=image)
+    TerminalChat(session, args.save_dir).run()
