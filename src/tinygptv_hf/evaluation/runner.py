@@ -137,7 +137,14 @@ def predict(
 def _ranking_record(sample: Sample, prompt: str, losses: list[float]) -> dict:
     chosen = min(range(len(losses)), key=losses.__getitem__)
     choice = sample.choices[chosen]
-    return {"prompt": prompt, "generation": choice, "answer": choice, "chosen": chosen, "choice_losses": losses}
+    return {
+        "prompt": prompt,
+        "generation": choice,
+        "answer": choice,
+        "chosen": chosen,
+        "choices": list(sample.choices),
+        "choice_losses": losses,
+    }
 
 
 def score(benchmark: Benchmark, samples: list[Sample], records: list[dict]) -> dict[str, dict]:
