@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from transformers.initialization import no_init_weights
 
-from .cards import render_model_card
 from .checkpoint import STAGE_IMAGE_SIZE, build_processor, fit_tokenizer, resize_for_stage, save_checkpoint
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
 from .presets import preset_config
@@ -241,7 +240,9 @@ def split_lora(lora: dict[str, LoraPair], num_heads: int) -> dict[str, tuple[tor
             )
         if module.endswith(".query_key_value"):
             prefix = module[: -len(".query_key_value")]
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(pair.B, num_heads), strict=True):
+            for proj, part in zip(
+                ("q_proj", "k_proj", "v_proj"), split_fused_qkv(pair.B, num_heads), strict=True
+            ):
                 adapters[f"{prefix}.{proj}"] = (pair.A, part)
         else:
             adapters[module] = (pair.A, pair.B)
@@ -396,7 +397,9 @@ def lora_rank(lora: dict[str, LoraPair]) -> int | None:
     return next(iter(ranks.values()), None)
 
 
-def save_adapter(base_model, weights: ConvertedWeights, config: TinyGPTVConfig, lora_r: int, lora_alpha: int, path):
+def save_adapter(
+    base_model, weights: ConvertedWeights, config: TinyGPTVConfig, lora_r: int, lora_alpha: int, path
+):
     """A peft adapter (q/k/v/dense of every decoder layer, as the original's query_key_value + dense) on `base_model`.
 
     `base_model` is wrapped in place: save it first.
@@ -414,7 +417,9 @@ def save_adapter(base_model, weights: ConvertedWeights, config: TinyGPTVConfig, 
     )
     peft_model = get_peft_model(base_model, lora_config)
     targeted = {
-        name for name, module in base_model.named_modules() if hasattr(module, "lora_A") and "default" in module.lora_A
+        name
+        for name, module in base_model.named_modules()
+        if hasattr(module, "lora_A") and "default" in module.lora_A
     }
     if targeted != set(adapters):
         raise WeightsError(
@@ -484,7 +489,11 @@ def convert_release(
     model_config = fit_tokenizer(model_config, text_tokenizer)
 
     sources = dict(
-        phi=phi, eva_vit=eva_vit, blip2=blip2, full_state_dict=full_state_dict, stage_checkpoint=stage_checkpoint
+        phi=phi,
+        eva_vit=eva_vit,
+        blip2=blip2,
+        full_state_dict=full_state_dict,
+        stage_checkpoint=stage_checkpoint,
     )
     weights = read_original_sources(
         num_heads=model_config.text_config.num_attention_heads,
@@ -493,7 +502,9 @@ def convert_release(
     )
     rank = lora_rank(weights.lora)
     if rank is not None and rank != lora_r:
-        raise ValueError(f"The sources' LoRA rank is {rank} but --lora-r is {lora_r}: the scaling alpha/r needs both.")
+        raise ValueError(
+            f"The sources' LoRA rank is {rank} but --lora-r is {lora_r}: the scaling alpha/r needs both."
+        )
     if keep_adapter and not weights.lora:
         raise ValueError("--keep-adapter: the sources hold no LoRA tensors (stage 1 trains none).")
 
@@ -513,6 +524,8 @@ def convert_release(
         "ignored_source_keys": weights.ignored,
     }
     (output_dir / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+    from .cards import render_model_card
+
     card_files = [{"path": Path(file["path"]).name, "sha256": file["sha256"]} for file in files]
     render_model_card(output_dir, stage=stage, source_files=card_files).save(output_dir / "README.md")
     return output_dir

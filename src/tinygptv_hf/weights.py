@@ -21,7 +21,9 @@ def load_pickle(path) -> dict:
     """`torch.load` that refuses anything but tensors and plain containers."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError or others for unsafe/corrupt files
+    except (
+        Exception
+    ) as error:  # torch raises UnpicklingError, RuntimeError or others for unsafe/corrupt files
         raise WeightsError(
             f"Refusing to load {path}: it is not a plain tensor pickle that loads with weights_only=True "
             f"(it would need code execution, or it is corrupt). Details: {type(error).__name__}: {error}"
@@ -38,7 +40,9 @@ def weight_files(path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
         if index.exists():
-            return [path / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            return [
+                path / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            ]
     for name in WEIGHT_FILES:
         if (path / name).exists():
             return [path / name]
@@ -87,7 +91,9 @@ def phi_to_tinygptv(state: dict[str, torch.Tensor], num_heads: int) -> dict[str,
             raise WeightsError(f"Unexpected Phi weight {key!r}: expected 'model.*' or 'lm_head.*'.")
         target = "model.language_model." + key[len("model.") :]
         if ".self_attn.query_key_value." in target:
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor, num_heads), strict=True):
+            for name, part in zip(
+                ("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor, num_heads), strict=True
+            ):
                 converted[target.replace("query_key_value", name)] = part
         else:
             converted[target] = tensor

@@ -8,21 +8,33 @@ def add_parser(subparsers):
         description="Every source tensor must be used or knowingly ignored: a missing or unexpected key, a shape "
         "mismatch or a LoRA tensor without its base stops the conversion with the key's name.",
     )
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3, 4), required=True, help="released stage (4: 448 px)")
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2, 3, 4), required=True, help="released stage (4: 448 px)"
+    )
     parser.add_argument("--output", required=True, help="folder to write")
     parser.add_argument(
-        "--phi", help="transformers Phi folder (4.36 fused query_key_value or q/k/v_proj; .bin/.safetensors, sharded)"
+        "--phi",
+        help="transformers Phi folder (4.36 fused query_key_value or q/k/v_proj; .bin/.safetensors, sharded)",
     )
     parser.add_argument("--eva-vit", help="LAVIS eva_vit_g.pth (needs --blip2 .pth)")
     parser.add_argument(
-        "--blip2", help="LAVIS blip2_pretrained_flant5xxl.pth (Q-Former, query tokens, ln_vision) or a BLIP-2 folder"
+        "--blip2",
+        help="LAVIS blip2_pretrained_flant5xxl.pth (Q-Former, query tokens, ln_vision) or a BLIP-2 folder",
     )
-    parser.add_argument("--stage-checkpoint", help="TinyGPT-V_for_StageN.pth (trainable tensors; applied last)")
-    parser.add_argument("--full-state-dict", help="the original wrapper's whole state dict (original key names)")
+    parser.add_argument(
+        "--stage-checkpoint", help="TinyGPT-V_for_StageN.pth (trainable tensors; applied last)"
+    )
+    parser.add_argument(
+        "--full-state-dict", help="the original wrapper's whole state dict (original key names)"
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the --phi folder)")
-    parser.add_argument("--config", help="TinyGPTVConfig json (default: phi2 preset with the Phi folder's text config)")
+    parser.add_argument(
+        "--config", help="TinyGPTVConfig json (default: phi2 preset with the Phi folder's text config)"
+    )
     parser.add_argument("--lora-r", type=int, default=64, help="LoRA rank of the release (default 64)")
-    parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha; scaling is alpha/r (default 16)")
+    parser.add_argument(
+        "--lora-alpha", type=int, default=16, help="LoRA alpha; scaling is alpha/r (default 16)"
+    )
     parser.add_argument(
         "--keep-adapter",
         action="store_true",
