@@ -21,6 +21,7 @@ from tinygptv_hf.cards import render_model_card, stage_trainable_parameters
 from tinygptv_hf.checkpoint import init_checkpoint
 from tinygptv_hf.presets import preset_config
 from tinygptv_hf.publishing import PushError, push_stage
+from tinygptv_hf.trainers.stages import STAGES
 
 TOKEN = "hf_fake_do_not_print_1234"
 REPO = "me/tinygptv"
@@ -269,10 +270,13 @@ def test_rendered_card_carries_recipe_results_and_sources(originals, tmp_path):
     assert f"| `TinyGPT-V_for_Stage3.pth` | `{'ab' * 32}` |" in loaded.text
 
 
-def test_trainable_counts_match_the_original_at_full_size():
+def _full_size_skeleton():
     with torch.device("meta"):
-        model = TinyGPTVForConditionalGeneration(preset_config("phi2"))
+        return TinyGPTVForConditionalGeneration(preset_config("phi2"))
+
+
+def test_trainable_counts_match_the_original_at_full_size():
     # Reference section 2.2: stage 1 trains 13,809,664 parameters (projector + LLM norm weights).
-    assert sum(stage_trainable_parameters(model, 1).values()) == 13_809_664
+    assert sum(stage_trainable_parameters(_full_size_skeleton(), STAGES[1]).values()) == 13_809_664
     # Stages 2-4 add r=64 LoRA on separate q/k/v/dense of 32 layers: 32 * 4 * 64 * (2560 + 2560).
-    assert sum(stage_trainable_parameters(model, 2).values()) == 13_809_664 + 41_943_040
+    assert sum(stage_trainable_parameters(_full_size_skeleton(), STAGES[2]).values()) == 13_809_664 + 41_943_040

@@ -11,6 +11,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .trainers.stages import STAGES, StageSpec
+from .trainers.trainer import prepare_model_for_stage
 
 TEMPLATE = Path(__file__).with_name("hub_cards") / "stage.md"
 LICENSE = "bsd-3-clause"
@@ -28,11 +30,6 @@ STAGE_DESCRIPTIONS = {
     4: "Multi-task learning: VQA, captioning, grounding and conversation data at 448 px with task identifiers, "
     "with the same trainable set as stage 2 (LoRA merged).",
 }
-LORA_RANK = 64
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "dense")
-# The original trains the weights (not the biases) of these Phi norms in every stage (reference section 2.1).
-TRAINED_NORMS = ("input_layernorm", "post_layernorm", "q_layernorm", "k_layernorm", "final_layernorm")
-
 # Name prefix in the model -> how the card names the component.
 COMPONENTS = {
     "model.vision_model.": "Vision tower (EVA ViT-g, ln_vision)",
@@ -54,46 +51,36 @@ def _model_skeleton(checkpoint_dir) -> TinyGPTVForConditionalGeneration:
 def component_parameters(model) -> dict[str, int]:
     counts = dict.fromkeys(COMPONENTS.values(), 0)
     for name, parameter in model.named_parameters():
-        prefix = next((prefix for prefix in COMPONENTS if name.startswith(prefix)), None)
-        if prefix is None:
-            raise ValueError(f"Parameter {name} belongs to no component the card knows; update COMPONENTS.")
-        counts[COMPONENTS[prefix]] += parameter.numel()
+        counts[_component(name)] += parameter.numel()
     return counts
 
 
-def stage_trainable_parameters(model, stage: int) -> dict[str, int]:
-    """What the stage trains: projector and LLM norm weights, plus (stages 2-4) LoRA r=64 on the attention."""
-    language_model = model.model.language_model
-    norm_weights = sum(
-        parameter.numel()
-        for name, parameter in language_model.named_parameters()
-        if name.endswith(".weight") and name.split(".")[-2] in TRAINED_NORMS
-    )
-    trainable = {
-        "Projector": sum(parameter.numel() for parameter in model.model.multi_modal_projector.parameters()),
-        "LLM norm weights (input, q/k, post-attention RMS, final)": norm_weights,
-    }
-    if stage >= 2:
-        trainable[f"LoRA r={LORA_RANK} on {'/'.join(LORA_TARGETS)} (merged into the weights)"] = sum(
-            LORA_RANK * (module.in_features + module.out_features)
-            for name, module in language_model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-            and name.endswith(tuple(f"self_attn.{t}" for t in LORA_TARGETS))
-        )
-    return trainable
+def stage_trainable_parameters(model, spec: StageSpec) -> dict[str, int]:
+    """What the stage trains, counted by applying the stage's own declaration (`prepare_model_for_stage`) to the
+    model: the card cannot drift from what the trainer does."""
+    prepared = prepare_model_for_stage(model, spec)
+    counts: dict[str, int] = {}
+    for name, parameter in prepared.named_parameters():
+        if parameter.requires_grad:
+            part = f"LoRA r={spec.lora.r} (merged into the weights)" if ".lora_" in name else _component(name)
+            counts[part] = counts.get(part, 0) + parameter.numel()
+    return counts
 
 
-def _component_status(stage: int) -> dict[str, str]:
-    language_model = "norm weights trained" + (
-        f"; LoRA r={LORA_RANK} trained and merged" if stage >= 2 else ""
-    )
-    return {
-        COMPONENTS["model.vision_model."]: "frozen",
-        COMPONENTS["model.qformer."]: "frozen",
-        COMPONENTS["model.multi_modal_projector."]: "trained",
-        COMPONENTS["model.language_model."]: f"frozen except: {language_model}",
-        COMPONENTS["lm_head."]: "frozen",
-    }
+def _component(name: str) -> str:
+    name = name.removeprefix("base_model.model.")
+    prefix = next((prefix for prefix in COMPONENTS if name.startswith(prefix)), None)
+    if prefix is None:
+        raise ValueError(f"Parameter {name} belongs to no component the card knows; update COMPONENTS.")
+    return COMPONENTS[prefix]
+
+
+def _component_status(components: dict[str, int], trainable: dict[str, int]) -> dict[str, str]:
+    status = {}
+    for name, total in components.items():
+        trained = trainable.get(name, 0)
+        status[name] = "frozen" if not trained else "trained" if trained == total else f"{trained:,} trained"
+    return status
 
 
 def _flatten(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -107,12 +94,13 @@ def _flatten(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def _data_mix(datasets) -> list[tuple[str, str]]:
-    """A recipe's `datasets`, given as {name: ratio or settings} or as a list of names or {"name": ...} entries."""
+    """A recipe's `datasets`: {name: ratio or settings}, or a list of names or entries named by "name", "source"
+    or "reader" (the recipe format of `tinygptv train`)."""
     if isinstance(datasets, dict):
         entries = datasets.items()
     else:
         entries = [
-            (entry["name"], {k: v for k, v in entry.items() if k != "name"})
+            (_entry_name(entry), {k: v for k, v in entry.items() if k != "name"})
             if isinstance(entry, dict)
             else (entry, "")
             for entry in datasets
@@ -121,6 +109,10 @@ def _data_mix(datasets) -> list[tuple[str, str]]:
         (name, ", ".join(f"{k}={v}" for k, v in _flatten(value)) if isinstance(value, dict) else str(value))
         for name, value in entries
     ]
+
+
+def _entry_name(entry: dict) -> str:
+    return str(entry.get("name") or entry.get("source") or entry.get("reader"))
 
 
 def _eval_result(result) -> EvalResult:
@@ -144,20 +136,22 @@ def render_model_card(
     eval_results: list | None = None,
     previous_stage_ref: str | None = None,
     source_files: list[dict] | None = None,
+    spec: StageSpec | None = None,
 ) -> ModelCard:
     """The card of one stage's checkpoint.
 
     `recipe` is the stage's recipe as a dict (its `datasets` entry becomes the data mix, everything else the
     hyperparameter table); `eval_results` are `EvalResult`s or dicts {task, dataset, metric, value};
     `previous_stage_ref` is "owner/name@revision" of the checkpoint this stage started from; `source_files` are the
-    {path, sha256} of the original files a converted checkpoint came from.
+    {path, sha256} of the original files a converted checkpoint came from; `spec` is the stage as trained (the
+    paper's declaration of `stage` by default).
     """
     if stage not in STAGE_NAMES:
         raise ValueError(f"Stage must be one of {sorted(STAGE_NAMES)}, got {stage}.")
     model = _model_skeleton(checkpoint_dir)
     components = component_parameters(model)
-    trainable = stage_trainable_parameters(model, stage)
-    status = _component_status(stage)
+    trainable = stage_trainable_parameters(model, spec or STAGES[stage])
+    status = _component_status(components, trainable)
     recipe = dict(recipe or {})
     data_mix = _data_mix(recipe.pop("datasets", []))
     name = repo_id.split("/")[-1] if repo_id else Path(checkpoint_dir).resolve().name

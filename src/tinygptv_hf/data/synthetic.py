@@ -49,6 +49,7 @@ def write_synthetic_world(
     )
     paths.update(_write_flickr(os.path.join(root, "flickr30k"), train, images))
     paths.update(_write_gqa(os.path.join(root, "gqa"), held_out, images, random.Random(f"{seed}/gqa")))
+    paths.update(_write_caption_eval(os.path.join(root, "gqa"), held_out))
     return paths
 
 
@@ -233,6 +234,12 @@ def _write_gqa(folder, held_out, images, rng):
         "gqa_testdev": _dump(os.path.join(folder, "testdev_balanced_questions.json"), testdev),
         "question_types": list(QUESTION_TYPES),
     }
+
+
+def _write_caption_eval(folder, held_out):
+    """Reference captions of the held-out images (COCO-caption style records), for a caption score."""
+    records = [{"image": f"{s.image_id}.jpg", "image_id": s.image_id, "caption": caption(s)} for s in held_out]
+    return {"caption_eval": _dump(os.path.join(folder, "captions_testdev.json"), records)}
 
 
 def _structural(question_type: str) -> str:

@@ -2,11 +2,12 @@
 
 ```yaml
 stage: 2
-model: {path: runs/stage-1/final}          # a folder or a Hub id; `revision: stage-1` pins a Hub branch
+model: {path: runs/stage-1/final}          # a folder or Hub id; other keys go to from_pretrained (revision, ...)
 stage_overrides: {}                         # e.g. {extra_trainable: ['\\.vision_model\\.']}, {lora: {r: 16}}
 data:
   max_bad_samples: 100                      # skipped bad samples allowed before the run stops
   seed: 42
+  shuffle_buffer: 1000                      # samples shuffled in a buffer, as the original's webdataset
   datasets:                                 # `reader` names tinygptv_hf.data.read_<reader>; other keys are its args
     - {reader: webdataset_captions, ratio: 115, shards: "${laion}/{00000..05244}.tar", source: laion}
 training: {output_dir: runs/stage-2, max_steps: 20000, per_device_train_batch_size: 64}
@@ -16,7 +17,7 @@ push: {repo: me/tinygptv, update_main: false}   # optional
 """
 
 import json
-import string
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from transformers import TrainingArguments
 from .. import data as data_readers
 from ..data import DataHealth, mix_datasets
 from .stages import STAGES, StageSpec
+
+VARIABLE = re.compile(r"\$\{(\w+)\}")
 
 
 @dataclass
@@ -105,7 +108,9 @@ class Recipe:
             if reader is None:
                 raise ValueError(f"{self.source}: unknown reader {reader_name!r}")
             streams.append((reader(**entry, health=health, seed=seed), ratio))
-        return mix_datasets(streams, seed=seed)
+        mixed = mix_datasets(streams, seed=seed)
+        buffer = int(self.data.get("shuffle_buffer", 1000))
+        return mixed.shuffle(seed=seed, buffer_size=buffer) if buffer > 1 else mixed
 
 
 def substitute(value, variables: dict, source: str):
@@ -114,18 +119,23 @@ def substitute(value, variables: dict, source: str):
         return {key: substitute(item, variables, source) for key, item in value.items()}
     if isinstance(value, list):
         return [substitute(item, variables, source) for item in value]
-    if isinstance(value, str) and "$" in value:
-        try:
-            return string.Template(value).substitute(variables)
-        except KeyError as error:
-            raise ValueError(
-                f"{source}: the recipe uses ${{{error.args[0]}}} but no value was given (--set)"
-            ) from error
+    if isinstance(value, str):
+        missing = [name for name in VARIABLE.findall(value) if name not in variables]
+        if missing:
+            raise ValueError(f"{source}: the recipe uses ${{{missing[0]}}} but no value was given (--set)")
+        return VARIABLE.sub(lambda match: str(variables[match.group(1)]), value)
     return value
 
 
-def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=None) -> Path:
-    """Train one stage end to end; returns the stage's complete (merged) checkpoint folder.
+@dataclass
+class StageResult:
+    final: Path
+    log_history: list[dict]
+    data_health: dict
+
+
+def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=None) -> StageResult:
+    """Train one stage end to end; `final` is the stage's complete (merged) checkpoint folder.
 
     `resume=True` continues from the newest `checkpoint-*` in the output folder, a path from that checkpoint.
     """
@@ -137,9 +147,12 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     health = DataHealth(int(recipe.data.get("max_bad_samples", 100)))
     train_dataset = recipe.datasets(health)  # missing data paths fail here, before any model is loaded
     args = recipe.training_arguments()
-    source = {"pretrained_model_name_or_path": recipe.model["path"], "revision": recipe.model.get("revision")}
-    model = AutoModelForImageTextToText.from_pretrained(**source, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(**source, trust_remote_code=True)
+    model_kwargs = dict(recipe.model)
+    path = model_kwargs.pop("path")
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, **model_kwargs)
+    processor = AutoProcessor.from_pretrained(
+        path, revision=model_kwargs.get("revision"), trust_remote_code=True
+    )
     trainer = STAGE_TRAINERS[recipe.stage](
         model,
         args,
@@ -156,10 +169,33 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     trainer.train(resume_from_checkpoint=checkpoint or None)
     final = trainer.finish_stage()
     (Path(args.output_dir) / "data_health.json").write_text(json.dumps(health.summary(), indent=2))
+    write_card(recipe, final, path, model_kwargs.get("revision"))
     if recipe.push:
         from ..publishing import push_stage
 
         push_stage(
             final, recipe.push["repo"], recipe.stage, update_main=bool(recipe.push.get("update_main", False))
         )
-    return final
+    return StageResult(final=final, log_history=list(trainer.state.log_history), data_health=health.summary())
+
+
+def write_card(recipe: Recipe, final: Path, previous_path: str, previous_revision: str | None):
+    """The stage's model card (README.md): what trained, the recipe, the data mix and, for a Hub start, lineage."""
+    from ..cards import render_model_card
+
+    from_hub = not Path(previous_path).exists()
+    previous = f"{previous_path}@{previous_revision or 'main'}" if from_hub else None
+    card = render_model_card(
+        final,
+        stage=recipe.stage,
+        repo_id=(recipe.push or {}).get("repo"),
+        recipe={
+            "model": recipe.model,
+            "stage_overrides": recipe.stage_overrides,
+            "training": recipe.training,
+            "datasets": recipe.data.get("datasets", []),
+        },
+        previous_stage_ref=previous,
+        spec=recipe.spec,
+    )
+    card.save(final / "README.md")
