@@ -186,11 +186,15 @@ def test_full_state_dict_with_original_names(release, files, tmp_path):
     synthetic, _ = release
     full = tmp_path / "model.safetensors"
     write_weights(tmp_path, synthetic.original_state(), ".safetensors", shards=1)
+    tokenizer_folder = tmp_path / "tokenizer"
+    release[1].save_pretrained(tokenizer_folder)
     assert (
-        convert(tmp_path / "out", 3, full_state_dict=full, tokenizer=files["phi"], config=files["config"])
+        convert(tmp_path / "out", 3, full_state_dict=full, tokenizer=tokenizer_folder, config=files["config"])
         == 0
     )
     assert_weights(load_file(tmp_path / "out" / "model.safetensors"), synthetic.merged())
+    listed = json.loads((tmp_path / "out" / "conversion.json").read_text())["source_files"]
+    assert {entry["role"] for entry in listed} == {"full_state_dict", "tokenizer", "config"}
 
 
 def test_keep_adapter_gives_the_merged_model(release, files, tmp_path):

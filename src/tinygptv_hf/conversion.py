@@ -38,6 +38,8 @@ ADAPTER_FOLDER, BASE_FOLDER = "adapter", "base"
 # The original's LoRA targets (`query_key_value`, `dense` of every Phi attention) in this model's module names.
 ADAPTER_TARGETS = r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
 
+TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens")
+
 LLM_PREFIXES = ("llama_model.base_model.model.", "llama_model.")
 
 # Keys the original carries that have no counterpart here, with the reason.
@@ -451,9 +453,12 @@ def source_files(sources: dict[str, str | os.PathLike | None]) -> list[dict]:
         if path is None:
             continue
         path = Path(path)
-        read = weight_files(path) if role != "config" else [path]
-        if path.is_dir():
-            read = [path / "config.json", *read]
+        if role == "tokenizer":
+            read = sorted(file for file in path.iterdir() if file.name.startswith(TOKENIZER_FILES))
+        elif role == "config":
+            read = [path]
+        else:
+            read = [path / "config.json", *weight_files(path)] if path.is_dir() else weight_files(path)
         files += [{"role": role, "path": str(file), "sha256": sha256_of(file)} for file in read]
     return files
 
@@ -516,7 +521,7 @@ def convert_release(
         save_checkpoint(base, processor, output_dir / BASE_FOLDER)
         save_adapter(base, weights, model_config, lora_r, lora_alpha, output_dir / ADAPTER_FOLDER)
 
-    files = source_files({**sources, "tokenizer": None if tokenizer is None else tokenizer, "config": config})
+    files = source_files({**sources, "tokenizer": tokenizer or phi, "config": config})
     record = {
         "stage": stage,
         "lora": {"r": lora_r, "alpha": lora_alpha, "merged": bool(weights.lora), "adapter": keep_adapter},
