@@ -7,6 +7,8 @@ from collections import defaultdict
 import pytest
 import torch
 from eval_fixtures import files
+from huggingface_hub import ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tinygptv_hf import cli
@@ -102,7 +104,7 @@ def test_tinygptv_eval_end_to_end(checkpoint, data_dir, tmp_path, capsys):
     output = tmp_path / "results.json"
     status = cli.main([
         "eval", str(checkpoint), "--benchmark", "gqa,vsr,iconqa,vizwiz,hm,okvqa,refcoco", "--data-dir",
-        str(data_dir), "--limit", "2", "--batch-size", "2", "--output", str(output),
+        str(data_dir), "--limit", "2", "--batch-size", "2", "--output", str(output), "--model-name", "tiny-test",
     ])  # fmt: skip
     assert status == 0
     keys = ["gqa", "vsr", "iconqa", "vizwiz", "hm", "okvqa", "refcoco:val"]
@@ -134,7 +136,9 @@ def test_tinygptv_eval_end_to_end(checkpoint, data_dir, tmp_path, capsys):
             assert summary[mode]["accuracy"] == pytest.approx(expected["accuracy"])
 
     (entry,) = document["model_index"]
-    assert entry["name"] == str(checkpoint)
+    assert entry["name"] == "tiny-test"
+    card = ModelCardData(model_name="tiny-test", eval_results=model_index_to_eval_results(document["model_index"])[1])
+    assert card.to_dict()["model-index"] == document["model_index"]
     # One result per benchmark split; the two modes are two labelled metrics of it.
     assert len(entry["results"]) == len(keys)
     (refcoco,) = [r for r in entry["results"] if r["dataset"]["type"] == "refcoco"]

@@ -21,6 +21,7 @@ def add_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--output", default="eval_results.json", help="results file with every prediction")
+    parser.add_argument("--model-name", help="name in the model-index block (default: MODEL's last path part)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.set_defaults(run=run)
@@ -63,7 +64,7 @@ def run(args):
         "limit": args.limit,
         "dtype": args.dtype,
     }
-    write_results(args.output, args.model, settings, runs)
+    write_results(args.output, args.model_name or Path(args.model).name, settings, runs)
     print(f"{'benchmark':<16}{'samples':>8}" + "".join(f"{mode:>10}" for mode in MODES))
     for run_result in runs:
         summary = run_result["summary"]

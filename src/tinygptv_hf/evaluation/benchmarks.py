@@ -19,13 +19,14 @@ class Benchmark:
     metric: str
     dataset_type: str
     task_type: str = "visual-question-answering"
+    task_name: str = "Visual Question Answering"
     ranking: bool = False
 
     def prompt(self, sample: Sample) -> str:
         return (ranking_prompt if self.ranking else generation_prompt)(sample.question)
 
 
-_REFERRING = dict(metric="refcoco", task_type="image-text-to-text")
+_REFERRING = dict(metric="refcoco", task_type="image-text-to-text", task_name="Referring Expression Comprehension")
 
 BENCHMARKS = {
     benchmark.name: benchmark

@@ -22,6 +22,7 @@ def eval_results(summaries: dict[str, dict]) -> list[EvalResult]:
             results.append(
                 EvalResult(
                     task_type=benchmark.task_type,
+                    task_name=benchmark.task_name,
                     dataset_type=benchmark.dataset_type,
                     dataset_name=benchmark.title,
                     dataset_split=summary["split"],
