@@ -75,7 +75,9 @@ def test_ranking_uses_per_sample_losses(model_and_processor, data_dir):
     assert [r["chosen"] for r in batched] == [r["chosen"] for r in single]
     for sample, together, alone in zip(samples, batched, single, strict=True):
         assert together["choice_losses"] == pytest.approx(alone["choice_losses"], abs=1e-4)
-        assert together["chosen"] == min(range(len(sample.choices)), key=together["choice_losses"].__getitem__)
+        assert together["chosen"] == min(
+            range(len(sample.choices)), key=together["choice_losses"].__getitem__
+        )
         assert together["answer"] == together["generation"] == sample.choices[together["chosen"]]
         assert together["choices"] == list(sample.choices)
     assert [len(r["choice_losses"]) for r in batched] == [3, 2]
@@ -95,7 +97,9 @@ def test_choice_loss_is_the_mean_token_loss_after_bos_and_prompt(model_and_proce
         labels = torch.cat([torch.full_like(prompt_ids, -100), choice_ids], dim=1)
         with torch.no_grad():
             expected = model(
-                input_ids=torch.cat([prompt_ids, choice_ids], dim=1), pixel_values=inputs["pixel_values"], labels=labels
+                input_ids=torch.cat([prompt_ids, choice_ids], dim=1),
+                pixel_values=inputs["pixel_values"],
+                labels=labels,
             ).loss
         assert loss == pytest.approx(expected.item(), abs=1e-5)
 
@@ -137,14 +141,17 @@ def test_tinygptv_eval_end_to_end(checkpoint, data_dir, tmp_path, capsys):
 
     (entry,) = document["model_index"]
     assert entry["name"] == "tiny-test"
-    card = ModelCardData(model_name="tiny-test", eval_results=model_index_to_eval_results(document["model_index"])[1])
+    card = ModelCardData(
+        model_name="tiny-test", eval_results=model_index_to_eval_results(document["model_index"])[1]
+    )
     assert card.to_dict()["model-index"] == document["model_index"]
     # One result per benchmark split; the two modes are two labelled metrics of it.
     assert len(entry["results"]) == len(keys)
     (refcoco,) = [r for r in entry["results"] if r["dataset"]["type"] == "refcoco"]
     assert refcoco["dataset"]["split"] == "val"
     assert [(m["config"], m["value"]) for m in refcoco["metrics"]] == [
-        (mode, round(document["results"]["refcoco:val"][mode]["accuracy"], 2)) for mode in ("paper", "standard")
+        (mode, round(document["results"]["refcoco:val"][mode]["accuracy"], 2))
+        for mode in ("paper", "standard")
     ]
 
 

@@ -37,7 +37,10 @@ def test_gqa_lavis_list_format(tmp_path):
         {"image": "n2.jpg", "question": "What is red?", "answer": "car"},
     ])  # fmt: skip
     samples = BENCHMARKS["gqa"].load(tmp_path, "testdev")
-    assert [(s.question_id, s.image.name, s.reference) for s in samples] == [("q9", "n1.jpg", "no"), ("1", "n2.jpg", "car")]
+    assert [(s.question_id, s.image.name, s.reference) for s in samples] == [
+        ("q9", "n1.jpg", "no"),
+        ("1", "n2.jpg", "car"),
+    ]
 
 
 def test_vsr_labels_images_and_prompt(data_dir):
@@ -100,8 +103,10 @@ def test_okvqa_questions_and_annotation_answers(data_dir):
     assert [s.question_id for s in samples] == ["2971475", "3932255"]
     assert samples[0].image == data_dir / "okvqa" / "images" / "COCO_val2014_000000297147.jpg"
     assert samples[1].reference == ["four"] * 4 + ["4"] * 6
-    assert samples[0].question == "[vqa] Based on the image, respond to this question with a short answer: " \
+    assert (
+        samples[0].question == "[vqa] Based on the image, respond to this question with a short answer: "
         "What sport can you use this for?"
+    )
 
 
 def test_okvqa_falls_back_to_the_vqa_question_file(data_dir, tmp_path):
@@ -157,7 +162,11 @@ def test_missing_annotation_file_names_the_candidates(tmp_path):
 
 def test_parse_benchmarks():
     selected = parse_benchmarks("gqa, refcoco:testA,refcocog")
-    assert [(b.name, split) for b, split in selected] == [("gqa", "testdev"), ("refcoco", "testA"), ("refcocog", "val")]
+    assert [(b.name, split) for b, split in selected] == [
+        ("gqa", "testdev"),
+        ("refcoco", "testA"),
+        ("refcocog", "val"),
+    ]
     assert [result_key(b, split) for b, split in selected] == ["gqa", "refcoco:testA", "refcocog:val"]
     with pytest.raises(ValueError, match="Unknown benchmark 'mmbench'"):
         parse_benchmarks("gqa,mmbench")

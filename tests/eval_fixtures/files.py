@@ -109,7 +109,10 @@ def write_okvqa(root: Path) -> None:
     write_json(folder / "OpenEnded_mscoco_val2014_questions.json", {"questions": questions, "license": {}})
 
     def answers(*texts):
-        return [{"answer_id": i + 1, "raw_answer": t, "answer_confidence": "yes", "answer": t} for i, t in enumerate(texts)]
+        return [
+            {"answer_id": i + 1, "raw_answer": t, "answer_confidence": "yes", "answer": t}
+            for i, t in enumerate(texts)
+        ]
 
     write_json(folder / "mscoco_val2014_annotations.json", {"annotations": [
         {"image_id": 297147, "question_id": 2971475, "question_type": "one", "answer_type": "other",
@@ -149,6 +152,14 @@ def write_refcoco(root: Path, name: str = "refcoco", refs_file: str = "refs(unc)
 
 
 def write_all(root: Path) -> Path:
-    for writer in (write_gqa, write_vsr, write_iconqa, write_vizwiz, write_hateful_memes, write_okvqa, write_refcoco):
+    for writer in (
+        write_gqa,
+        write_vsr,
+        write_iconqa,
+        write_vizwiz,
+        write_hateful_memes,
+        write_okvqa,
+        write_refcoco,
+    ):
         writer(root)
     return root

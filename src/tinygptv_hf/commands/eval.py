@@ -21,7 +21,9 @@ def add_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--output", default="eval_results.json", help="results file with every prediction")
-    parser.add_argument("--model-name", help="name in the model-index block (default: MODEL's last path part)")
+    parser.add_argument(
+        "--model-name", help="name in the model-index block (default: MODEL's last path part)"
+    )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.set_defaults(run=run)
@@ -39,9 +41,13 @@ def run(args):
         raise ValueError(f"--limit must be at least 1, got {args.limit}.")
     selected = parse_benchmarks(args.benchmark)
     data_dir = Path(args.data_dir)
-    datasets = [(benchmark, split, benchmark.load(data_dir / benchmark.name, split)) for benchmark, split in selected]
+    datasets = [
+        (benchmark, split, benchmark.load(data_dir / benchmark.name, split)) for benchmark, split in selected
+    ]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(
+        device
+    )
     model.eval()
     processor = AutoProcessor.from_pretrained(args.model)
 
@@ -70,4 +76,6 @@ def run(args):
         summary = run_result["summary"]
         scores = "".join(f"{summary[mode]['accuracy']:>10.2f}" for mode in MODES)
         print(f"{run_result['key']:<16}{summary['num_samples']:>8}{scores}")
-    print(f"paper = the original harness's rules (quirks included); standard = the official rules. Wrote {args.output}")
+    print(
+        f"paper = the original harness's rules (quirks included); standard = the official rules. Wrote {args.output}"
+    )

@@ -26,7 +26,9 @@ class Benchmark:
         return (ranking_prompt if self.ranking else generation_prompt)(sample.question)
 
 
-_REFERRING = dict(metric="refcoco", task_type="image-text-to-text", task_name="Referring Expression Comprehension")
+_REFERRING = dict(
+    metric="refcoco", task_type="image-text-to-text", task_name="Referring Expression Comprehension"
+)
 
 BENCHMARKS = {
     benchmark.name: benchmark

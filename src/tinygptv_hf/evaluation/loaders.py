@@ -42,7 +42,9 @@ def load_gqa(folder: Path, split: str) -> list[Sample]:
     if isinstance(data, dict):
         records = [(qid, f"{q['imageId']}.jpg", q["question"], q["answer"]) for qid, q in data.items()]
     else:
-        records = [(r.get("question_id", i), r["image"], r["question"], r["answer"]) for i, r in enumerate(data)]
+        records = [
+            (r.get("question_id", i), r["image"], r["question"], r["answer"]) for i, r in enumerate(data)
+        ]
     return [
         Sample(str(qid), folder / "images" / image, VQA_QUESTION.format(question), answer)
         for qid, image, question, answer in records
@@ -55,7 +57,9 @@ def load_vsr(folder: Path, split: str) -> list[Sample]:
     return [
         Sample(
             str(index),
-            first_existing([images / r["image"], images / "train2017" / r["image"], images / "val2017" / r["image"]]),
+            first_existing(
+                [images / r["image"], images / "train2017" / r["image"], images / "val2017" / r["image"]]
+            ),
             VSR_QUESTION.format(r["caption"]),
             int(r["label"]),
         )
@@ -108,11 +112,16 @@ def load_okvqa(folder: Path, split: str) -> list[Sample]:
     annotations = read_json(
         find_file(folder, ["mscoco_val2014_annotations.json", "mscoco_val2014_annotations_clean.json"])
     )
-    answers = {a["question_id"]: [answer["answer"] for answer in a["answers"]] for a in annotations["annotations"]}
+    answers = {
+        a["question_id"]: [answer["answer"] for answer in a["answers"]] for a in annotations["annotations"]
+    }
     try:
         questions = read_json(find_file(folder, ["okvqa_test_split.json", f"okvqa_{split}_eval.json"]))
     except FileNotFoundError:
-        question_file = ["OpenEnded_mscoco_val2014_questions.json", "OpenEnded_mscoco_val2014_questions_clean.json"]
+        question_file = [
+            "OpenEnded_mscoco_val2014_questions.json",
+            "OpenEnded_mscoco_val2014_questions_clean.json",
+        ]
         questions = read_json(find_file(folder, question_file))["questions"]
     images = folder / "images"
     return [
@@ -120,7 +129,9 @@ def load_okvqa(folder: Path, split: str) -> list[Sample]:
             str(q["question_id"]),
             images / q["image"]
             if "image" in q
-            else first_existing([images / f"COCO_val2014_{q['image_id']:012d}.jpg", images / f"{q['image_id']:012d}.jpg"]),
+            else first_existing(
+                [images / f"COCO_val2014_{q['image_id']:012d}.jpg", images / f"{q['image_id']:012d}.jpg"]
+            ),
             VQA_QUESTION.format(q["question"]),
             answers[q["question_id"]],
         )
@@ -138,7 +149,11 @@ def refcoco_loader(refs_file: str):
             if ref["split"] != split:
                 continue
             image = images[ref["image_id"]]
-            reference = {"bbox": annotations[ref["ann_id"]]["bbox"], "width": image["width"], "height": image["height"]}
+            reference = {
+                "bbox": annotations[ref["ann_id"]]["bbox"],
+                "width": image["width"],
+                "height": image["height"],
+            }
             samples.extend(
                 Sample(
                     f"{ref['ref_id']}_{sentence['sent_id']}",

@@ -43,7 +43,9 @@ class BenchmarkMetric(evaluate.Metric, metaclass=ABCMeta):
             description=type(self).__doc__,
             citation="",
             inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": self.prediction_feature, "references": self.reference_feature}),
+            features=datasets.Features(
+                {"predictions": self.prediction_feature, "references": self.reference_feature}
+            ),
         )
 
     def _compute(self, predictions, references):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 class _PlainDataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"Refusing to load {module}.{name}: the refs file may only hold plain data.")
+        raise pickle.UnpicklingError(
+            f"Refusing to load {module}.{name}: the refs file may only hold plain data."
+        )
 
 
 def load_refs(path: Path) -> list[dict]:

@@ -58,7 +58,9 @@ def generate_answers(model, processor, images, prompts, max_new_tokens: int = MA
     inputs = _model_inputs(model, processor, images, prompts)
     with _generation_defaults(model, harness_generation_config(model, processor, max_new_tokens)):
         output = model.generate(**inputs)
-    return processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return processor.tokenizer.batch_decode(
+        output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
 
 
 @torch.no_grad()
@@ -79,8 +81,12 @@ def choice_losses(model, processor, images, prompts, choices: list[tuple[str, ..
     length = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([row + [pad] * (length - len(row)) for row in rows], device=model.device)
-    labels = torch.tensor([target + [-100] * (length - len(target)) for target in targets], device=model.device)
-    attention_mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows], device=model.device)
+    labels = torch.tensor(
+        [target + [-100] * (length - len(target)) for target in targets], device=model.device
+    )
+    attention_mask = torch.tensor(
+        [[1] * len(row) + [0] * (length - len(row)) for row in rows], device=model.device
+    )
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, pixel_values=inputs["pixel_values"][owners]
     ).logits.float()
@@ -117,12 +123,16 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     records = []
-    with tqdm(total=len(samples), desc=description or benchmark.name, unit="sample", disable=not progress) as bar:
+    with tqdm(
+        total=len(samples), desc=description or benchmark.name, unit="sample", disable=not progress
+    ) as bar:
         for batch in _batches(samples, batch_size):
             images = [load_image(sample.image) for sample in batch]
             prompts = [benchmark.prompt(sample) for sample in batch]
             if benchmark.ranking:
-                losses = choice_losses(model, processor, images, prompts, [sample.choices for sample in batch])
+                losses = choice_losses(
+                    model, processor, images, prompts, [sample.choices for sample in batch]
+                )
                 records.extend(_ranking_record(*item) for item in zip(batch, prompts, losses, strict=True))
             else:
                 texts = generate_answers(model, processor, images, prompts, max_new_tokens)
@@ -151,11 +161,16 @@ def score(benchmark: Benchmark, samples: list[Sample], records: list[dict]) -> d
     """Each mode's metric over the records: `{mode: {"accuracy": ..., "scores": [...]}}`. Metrics see the raw
     generation (their rules include the post-processing) or, for ranking, the chosen index."""
     field = "chosen" if benchmark.ranking else "generation"
-    inputs = {"predictions": [record[field] for record in records], "references": [s.reference for s in samples]}
+    inputs = {
+        "predictions": [record[field] for record in records],
+        "references": [s.reference for s in samples],
+    }
     return {mode: load_metric(benchmark.metric, mode).compute(**inputs) for mode in MODES}
 
 
-def evaluate_benchmark(model, processor, benchmark: Benchmark, split: str, samples: list[Sample], **kwargs) -> dict:
+def evaluate_benchmark(
+    model, processor, benchmark: Benchmark, split: str, samples: list[Sample], **kwargs
+) -> dict:
     """Predict and score one benchmark split: its summary per mode and every prediction with its scores."""
     key = result_key(benchmark, split)
     records = predict(model, processor, benchmark, samples, description=key, **kwargs)

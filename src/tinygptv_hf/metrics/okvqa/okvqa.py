@@ -29,4 +29,6 @@ class Okvqa(BenchmarkMetric):
 
     @staticmethod
     def standard_score(prediction, reference):
-        return vqa_accuracy(normalize_answer(clean_answer(prediction)), [normalize_answer(r) for r in reference])
+        return vqa_accuracy(
+            normalize_answer(clean_answer(prediction)), [normalize_answer(r) for r in reference]
+        )

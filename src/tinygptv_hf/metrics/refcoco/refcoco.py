@@ -44,5 +44,7 @@ class Refcoco(BenchmarkMetric):
         match = BOX_PATTERN.match(clean_answer(prediction).replace(" ", ""))
         if match is None:
             return False
-        box = box_to_pixels([int(number) for number in match.groups()], reference["width"], reference["height"])
+        box = box_to_pixels(
+            [int(number) for number in match.groups()], reference["width"], reference["height"]
+        )
         return box_iou(box, xywh_to_corners(reference["bbox"])) > 0.5

@@ -24,4 +24,6 @@ class Vsr(BenchmarkMetric):
 
     @staticmethod
     def standard_score(prediction, reference):
-        return parse_binary(first_word(clean_answer(prediction)), ("true", "yes"), ("false", "no")) == reference
+        return (
+            parse_binary(first_word(clean_answer(prediction)), ("true", "yes"), ("false", "no")) == reference
+        )
