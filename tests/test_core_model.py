@@ -125,6 +125,19 @@ def test_bitsandbytes_loads_generate_with_image_path_in_full_precision(tiny_chec
     assert torch.isfinite(model(**inputs).logits).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@torch.no_grad()
+def test_half_precision_keeps_the_qformer_in_float32(tiny_checkpoint, tiny_processor, dtype):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=dtype)
+    assert model.model.language_model.embed_tokens.weight.dtype == dtype
+    assert model.model.vision_model.embeddings.patch_embedding.weight.dtype == dtype
+    assert model.model.query_tokens.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.model.qformer.parameters())
+    inputs = single_inputs(tiny_processor, 0)
+    output = model.generate(**inputs, do_sample=False, max_new_tokens=3, stop_strings=None)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
 def record_calls(modules):
     calls = []
     for module in modules:
