@@ -157,6 +157,7 @@ def test_drawn_boxes_are_where_the_text_says(width, height):
         assert drawn.getpixel((x2 - 1, middle_y)) == colour  # right edge
         assert drawn.getpixel((middle_x, y2 - 1)) == colour  # bottom edge
         assert drawn.getpixel((middle_x, middle_y)) == grey  # an outline, not a fill
+        assert drawn.getpixel((x1 - 1, middle_y)) == (255, 255, 255)  # the rim that keeps it visible
     assert len(set(box_colours(boxes))) == 2 and set(box_colours(boxes)) <= set(PALETTE)
 
 

@@ -35,6 +35,7 @@ PALETTE = (
     (128, 0, 0),
     (0, 0, 128),
 )
+WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,14 @@ def draw_boxes(image: Image.Image, boxes: Sequence[GroundedBox]) -> Image.Image:
     """A copy of `image` with each box outlined and labelled with its phrase, sized to the image."""
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    line = max(2, round(min(canvas.size) / 150))
-    font = ImageFont.load_default(size=max(10, round(min(canvas.size) / 30)))
+    line = max(2, round(min(canvas.size) / 100))
+    font = ImageFont.load_default(size=max(10, round(min(canvas.size) / 25)))
     for item, colour in zip(boxes, box_colours(boxes), strict=True):
         x1, y1, x2, y2 = item.box
+        # White rims on both sides keep the outline visible on an object whose own edge has a similar colour.
+        draw.rectangle((x1 - 1, y1 - 1, x2 + 1, y2 + 1), outline=WHITE, width=1)
+        if x2 - x1 > 2 * line and y2 - y1 > 2 * line:
+            draw.rectangle((x1 + line, y1 + line, x2 - line, y2 - line), outline=WHITE, width=1)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
         if item.phrase:
             _draw_label(draw, item.phrase, (x1, y1), colour, font, canvas.size)
