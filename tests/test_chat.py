@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tinygptv_hf.chat import ChatSession, GenerationSettings, ModelStream, load_chat_model, until_end_symbol
+from tinygptv_hf.chat.terminal import printable
 from tinygptv_hf.checkpoint import init_checkpoint
 from tinygptv_hf.grounding import PALETTE
 from tinygptv_hf.processors import ImageLoadError
@@ -149,6 +150,22 @@ def test_closing_the_stream_stops_generation(model_stream):
     stream.close()
     assert time.monotonic() - started < 10
     assert not [thread for thread in threading.enumerate() if thread.daemon and "generate" in thread.name]
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_weights_answer_on_the_cpu(checkpoint, quantization):
+    stream = ModelStream(*load_chat_model(str(checkpoint), quantization))
+    session = ChatSession(
+        stream, GenerationSettings(max_new_tokens=3, greedy=True), stream.end_symbol, image=EXAMPLE
+    )
+    "".join(session.ask("hi"))
+    assert len(session.turns) == 1
+    with pytest.raises(ValueError, match="8bit"):
+        load_chat_model(str(checkpoint), "2bit")
+
+
+def test_terminal_output_is_printable():
+    assert printable("a\x1b[2Jb\tc\n") == "a\ufffd[2Jb\tc\n"
 
 
 class Terminal:
