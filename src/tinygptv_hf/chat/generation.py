@@ -55,8 +55,11 @@ def load_chat_model(path: str, quantization: str | None = None):
         if quantization not in ("8bit", "4bit"):
             raise ValueError(f"quantization must be '8bit' or '4bit', got {quantization!r}.")
         kwargs["quantization_config"] = BitsAndBytesConfig(**{f"load_in_{quantization}": True})
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
-    return model, AutoProcessor.from_pretrained(path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
+        return model, AutoProcessor.from_pretrained(path)
+    except OSError as error:  # transformers' word for "no such folder or Hub repository"
+        raise FileNotFoundError(f"Cannot load a checkpoint from {path}: {error}") from error
 
 
 class _Cancelled(StoppingCriteria):

@@ -5,18 +5,25 @@ def add_model_arguments(parser):
     """The checkpoint and how to load it; shared with `tinygptv serve`."""
     parser.add_argument("model", help="checkpoint folder or Hub id")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--load-in-8bit", dest="quantization", action="store_const", const="8bit")
-    weights.add_argument("--load-in-4bit", dest="quantization", action="store_const", const="4bit")
+    for bits in ("8bit", "4bit"):
+        weights.add_argument(
+            f"--load-in-{bits}",
+            dest="quantization",
+            action="store_const",
+            const=bits,
+            help=f"{bits} weights (bitsandbytes)",
+        )
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("chat", help="talk to a checkpoint in the terminal")
     add_model_arguments(parser)
     parser.add_argument("--image", help="picture to talk about (change it later with /image PATH)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--repetition-penalty", type=float, default=1.05)
-    parser.add_argument("--max-new-tokens", type=int, default=300)
+    sampling = "(default: %(default)s, as the original's chat)"
+    parser.add_argument("--temperature", type=float, default=1.0, help=sampling)
+    parser.add_argument("--top-p", type=float, default=0.9, help=sampling)
+    parser.add_argument("--repetition-penalty", type=float, default=1.05, help=sampling)
+    parser.add_argument("--max-new-tokens", type=int, default=300, help=sampling)
     parser.add_argument("--greedy", action="store_true", help="deterministic answers instead of sampling")
     parser.add_argument("--save-dir", help="folder for annotated images (default: a new temporary folder)")
     parser.set_defaults(run=run)
