@@ -168,7 +168,14 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
             raise FileNotFoundError(f"--resume: no checkpoint-* folder in {args.output_dir}")
     trainer.train(resume_from_checkpoint=checkpoint or None)
     final = trainer.finish_stage()
-    (Path(args.output_dir) / "data_health.json").write_text(json.dumps(health.summary(), indent=2))
+    result = StageResult(
+        final=final, log_history=list(trainer.state.log_history), data_health=health.summary()
+    )
+    if not trainer.is_world_process_zero():
+        return result
+    output = Path(args.output_dir)
+    (output / "data_health.json").write_text(json.dumps(result.data_health, indent=2))
+    (output / "log_history.json").write_text(json.dumps(result.log_history, indent=2))
     write_card(recipe, final, path, model_kwargs.get("revision"))
     if recipe.push:
         from ..publishing import push_stage
@@ -176,7 +183,7 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
         push_stage(
             final, recipe.push["repo"], recipe.stage, update_main=bool(recipe.push.get("update_main", False))
         )
-    return StageResult(final=final, log_history=list(trainer.state.log_history), data_health=health.summary())
+    return result
 
 
 def write_card(recipe: Recipe, final: Path, previous_path: str, previous_revision: str | None):

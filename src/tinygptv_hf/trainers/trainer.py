@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from ..checkpoint import save_checkpoint
 from ..conversion import interpolate_position_embedding
@@ -80,6 +80,7 @@ class TinyGPTVStageTrainer(Trainer):
         self, model, args, *, processor, train_dataset, stage_spec: StageSpec | None = None, **kwargs
     ):
         self.stage_spec = stage_spec or self.stage_spec
+        set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
         set_image_size(model, processor, self.stage_spec.image_size)
         model.config.stage = self.stage_spec.stage
         model = prepare_model_for_stage(model, self.stage_spec)
@@ -143,11 +144,14 @@ class TinyGPTVStageTrainer(Trainer):
         output_dir = Path(output_dir or self.args.output_dir)
         model = self.model
         if isinstance(model, PeftModel):
-            model.save_pretrained(output_dir / "adapter")
+            if self.is_world_process_zero():
+                model.save_pretrained(output_dir / "adapter")
             model = model.merge_and_unload()
             self.model = model
         model.requires_grad_(False)
-        final = save_checkpoint(model.eval(), self.processing_class, output_dir / "final")
+        final = output_dir / "final"
+        if self.is_world_process_zero():
+            save_checkpoint(model.eval(), self.processing_class, final)
         logger.info("stage %s finished: %s", self.stage_spec.stage, final)
         return final
 

@@ -1,0 +1,197 @@
+"""The four stages through `tinygptv train` on a tiny model and small data in the original's real formats."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tinygptv_hf.cli import main
+from tinygptv_hf.data.synthetic import write_synthetic_world
+from tinygptv_hf.trainers.stages import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One dataset per stage, in the format that stage reads (reference 5.3).
+STAGE_DATA = {
+    1: [{"reader": "webdataset_captions", "shards": "${webdataset}"}],
+    2: [{"reader": "webdataset_captions", "shards": "${webdataset}"}],
+    3: [{"reader": "cc_sbu_align", "root": "${cc_sbu_align}"}],
+    4: [
+        {"reader": "coco_vqa", "ratio": 2, "ann_paths": "${coco_vqa}", "image_root": "${coco_images}"},
+        {"reader": "refcoco", "ratio": 1, "data_root": "${refer_root}", "image_root": "${coco_images}"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return {
+        k: v
+        for k, v in write_synthetic_world(root, seed=3, n_train=32, n_eval=4, num_shards=2).items()
+        if isinstance(v, str)
+    }
+
+
+def write_recipe(folder: Path, stage: int, model: Path, steps: int, **training) -> Path:
+    recipe = {
+        "stage": stage,
+        "model": {"path": str(model), "attn_implementation": "eager"},
+        "stage_overrides": {
+            "image_size": 56 if stage < 4 else 112,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        },
+        "data": {"seed": 0, "shuffle_buffer": 8, "max_bad_samples": 0, "datasets": STAGE_DATA[stage]},
+        "training": {
+            "output_dir": str(folder / f"stage-{stage}"),
+            "max_steps": steps,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 3e-3,
+            "warmup_steps": 1,
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "seed": 0,
+            "use_cpu": True,
+            **training,
+        },
+    }
+    if stage == 1:
+        recipe["stage_overrides"].pop("lora")
+    path = folder / f"stage{stage}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def variables(world: dict) -> list[str]:
+    return [argument for key, value in world.items() for argument in ("--set", f"{key}={value}")]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_stage_trains_declared_parameters_only(stage, tiny_checkpoint, world, tmp_path):
+    recipe = write_recipe(tmp_path, stage, tiny_checkpoint, steps=6)
+    assert main(["train", str(recipe), *variables(world)]) == 0
+    output = tmp_path / f"stage-{stage}"
+    final = output / "final"
+
+    before, after = weights(tiny_checkpoint), weights(final)
+    spec = STAGES[stage]
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    position_table = "model.vision_model.embeddings.position_embedding"
+    assert changed - {position_table}, "nothing trained"
+    for name in changed - {position_table}:  # the position table is resized for the stage's image size
+        lora_target = (
+            spec.lora is not None and ".self_attn." in name and name.endswith(("proj.weight", "dense.weight"))
+        )
+        assert spec.is_trainable(name) or lora_target, f"{name} changed but stage {stage} freezes it"
+    declared = {name for name in before if spec.is_trainable(name)}
+    assert declared <= changed, f"declared but unchanged: {sorted(declared - changed)[:5]}"
+
+    losses = [entry["loss"] for entry in stage_log(output) if "loss" in entry]
+    assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]), losses
+    card = (final / "README.md").read_text()
+    assert f"stage {stage}" in card and "pipeline_tag: image-text-to-text" in card
+    if spec.lora is not None:
+        assert (output / "adapter" / "adapter_config.json").exists()
+
+
+def stage_log(output: Path) -> list[dict]:
+    return json.loads((output / "log_history.json").read_text())
+
+
+def run_cli(arguments: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinygptv_hf.cli", *arguments], env=env, cwd=REPO, **kwargs
+    )
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(tiny_checkpoint, world, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+    arguments = lambda folder: [
+        "train",
+        str(write_recipe(folder, 2, tiny_checkpoint, steps=8, save_steps=4)),
+        *variables(world),
+    ]  # noqa: E731
+    assert run_cli(arguments(straight)).wait(timeout=600) == 0
+
+    process = run_cli(arguments(killed))
+    checkpoint = killed / "stage-2" / "checkpoint-4"
+    deadline = time.time() + 600
+    while not (checkpoint / "trainer_state.json").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "stage-2" / "final").exists()
+
+    assert run_cli([*arguments(killed), "--resume"]).wait(timeout=600) == 0
+    expected, resumed = weights(straight / "stage-2" / "final"), weights(killed / "stage-2" / "final")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    # The stream continued where it stopped: the resumed steps saw the same losses as the uninterrupted run.
+    assert stage_log(killed / "stage-2")[-1]["step"] == 8
+    tail = lambda folder: [e["loss"] for e in stage_log(folder / "stage-2") if "loss" in e and e["step"] > 4]  # noqa: E731
+    assert tail(killed) == pytest.approx(tail(straight), rel=1e-5)
+
+
+def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
+    """Every sample identical, so one process with batch 4 and two with batch 2 each see the same global batch:
+    the loss trajectories must agree, and must not be scaled by the world size."""
+    root = tmp_path / "same"
+    (root / "shards").mkdir(parents=True)
+    single = write_synthetic_world(tmp_path / "one", seed=5, n_train=1, n_eval=1, num_shards=1)
+    from tinygptv_hf.data.webdataset import read_tar_samples
+
+    key, record = next(read_tar_samples(single["webdataset"].replace("{00000..00000}", "00000")))
+    import io
+    import tarfile
+
+    for shard in range(2):
+        with tarfile.open(root / "shards" / f"{shard:05d}.tar", "w") as tar:
+            for index in range(16):
+                for extension in ("jpg", "json"):
+                    info = tarfile.TarInfo(f"{shard}{index:04d}.{extension}")
+                    info.size = len(record[extension])
+                    tar.addfile(info, io.BytesIO(record[extension]))
+    data = {"webdataset": str(root / "shards" / "{00000..00001}.tar")}
+    runs = {}
+    for name, launcher, batch in (
+        ("one", [sys.executable, "-m", "tinygptv_hf.cli"], 4),
+        (
+            "two",
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tinygptv_hf.cli"],
+            2,
+        ),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        recipe = write_recipe(
+            folder, 2, tiny_checkpoint, steps=4, per_device_train_batch_size=batch, ddp_backend="gloo"
+        )
+        result = subprocess.run(
+            [*launcher, "train", str(recipe), *variables(data)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = [entry["loss"] for entry in stage_log(folder / "stage-2") if "loss" in entry]
+    assert len(runs["one"]) == len(runs["two"]) == 4
+    assert runs["two"] == pytest.approx(runs["one"], rel=2e-3)
