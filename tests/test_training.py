@@ -121,11 +121,11 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tiny_checkpoint, wor
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
-    arguments = lambda folder: [
-        "train",
-        str(write_recipe(folder, 2, tiny_checkpoint, steps=8, save_steps=4)),
-        *variables(world),
-    ]  # noqa: E731
+
+    def arguments(folder):
+        recipe = write_recipe(folder, 2, tiny_checkpoint, steps=8, save_steps=4)
+        return ["train", str(recipe), *variables(world)]
+
     assert run_cli(arguments(straight)).wait(timeout=600) == 0
 
     process = run_cli(arguments(killed))
@@ -146,7 +146,10 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tiny_checkpoint, wor
         assert torch.equal(expected[name], resumed[name]), name
     # The stream continued where it stopped: the resumed steps saw the same losses as the uninterrupted run.
     assert stage_log(killed / "stage-2")[-1]["step"] == 8
-    tail = lambda folder: [e["loss"] for e in stage_log(folder / "stage-2") if "loss" in e and e["step"] > 4]  # noqa: E731
+
+    def tail(folder):
+        return [e["loss"] for e in stage_log(folder / "stage-2") if "loss" in e and e["step"] > 4]
+
     assert tail(killed) == pytest.approx(tail(straight), rel=1e-5)
 
 
@@ -155,7 +158,7 @@ def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
     the loss trajectories must agree, and must not be scaled by the world size."""
     root = tmp_path / "same"
     (root / "shards").mkdir(parents=True)
-    single = write_synthetic_world(tmp_path / "one", seed=5, n_train=1, n_eval=1, num_shards=1)
+    single = write_synthetic_world(tmp_path / "scene", seed=5, n_train=1, n_eval=1, num_shards=1)
     from tinygptv_hf.data.webdataset import read_tar_samples
 
     key, record = next(read_tar_samples(single["webdataset"].replace("{00000..00000}", "00000")))
@@ -171,18 +174,19 @@ def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
                     tar.addfile(info, io.BytesIO(record[extension]))
     data = {"webdataset": str(root / "shards" / "{00000..00001}.tar")}
     runs = {}
-    for name, launcher, batch in (
-        ("one", [sys.executable, "-m", "tinygptv_hf.cli"], 4),
+    for name, launcher, batch, distributed in (
+        ("one", [sys.executable, "-m", "tinygptv_hf.cli"], 4, {}),
         (
             "two",
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tinygptv_hf.cli"],
             2,
+            {"ddp_backend": "gloo"},
         ),
     ):
         folder = tmp_path / name
         folder.mkdir()
         recipe = write_recipe(
-            folder, 2, tiny_checkpoint, steps=4, per_device_train_batch_size=batch, ddp_backend="gloo"
+            folder, 2, tiny_checkpoint, steps=4, per_device_train_batch_size=batch, **distributed
         )
         result = subprocess.run(
             [*launcher, "train", str(recipe), *variables(data)],
