@@ -16,5 +16,7 @@ def add_parser(subparsers):
 def run(args):
     from ..checkpoint import init_checkpoint
 
-    folder = init_checkpoint(args.preset, args.output, llm_path=args.llm, vision_path=args.vision, seed=args.seed)
+    folder = init_checkpoint(
+        args.preset, args.output, llm_path=args.llm, vision_path=args.vision, seed=args.seed
+    )
     print(f"wrote {args.preset} stage-0 checkpoint to {folder}")
