@@ -37,12 +37,21 @@ class DemoSize:
     batch_size: int
     eval_questions: int
     eval_refs: int
+    eval_captions: int
 
 
 FULL = DemoSize(
-    n_train=3000, n_eval=100, steps=(300, 100, 100, 700), batch_size=16, eval_questions=300, eval_refs=150
+    n_train=3000,
+    n_eval=100,
+    steps=(300, 100, 100, 700),
+    batch_size=16,
+    eval_questions=200,
+    eval_refs=100,
+    eval_captions=40,
 )
-QUICK = DemoSize(n_train=96, n_eval=16, steps=(4, 2, 2, 4), batch_size=8, eval_questions=24, eval_refs=12)
+QUICK = DemoSize(
+    n_train=96, n_eval=16, steps=(4, 2, 2, 4), batch_size=8, eval_questions=24, eval_refs=12, eval_captions=8
+)
 
 
 def stage_recipe(stage: int, variables: dict, size: DemoSize, seed: int) -> Recipe:
@@ -75,7 +84,7 @@ class HeldOut:
         self.questions = [
             (images / q["image"], q["question"], q["answer"], q["types"]["detailed"]) for q in questions
         ]
-        captions = json.loads(Path(world["caption_eval"]).read_text())[: size.eval_refs]
+        captions = json.loads(Path(world["caption_eval"]).read_text())[: size.eval_captions]
         self.captions = [(images / c["image"], c["caption"]) for c in captions]
         refer_root = Path(world["refer_root"]) / "refcoco"
         from .evaluation.refer import load_instances, load_refs
