@@ -199,3 +199,27 @@ def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
         runs[name] = [entry["loss"] for entry in stage_log(folder / "stage-2") if "loss" in entry]
     assert len(runs["one"]) == len(runs["two"]) == 4
     assert runs["two"] == pytest.approx(runs["one"], rel=2e-3)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_paper_recipes_declare_valid_readers_and_arguments(stage, tmp_path):
+    """The shipped paper recipes name real readers with arguments they accept, and valid TrainingArguments."""
+    import inspect
+    from importlib import resources
+
+    from tinygptv_hf import data
+    from tinygptv_hf.trainers.recipe import VARIABLE, Recipe
+
+    path = resources.files("tinygptv_hf").joinpath(f"recipes/paper_stage{stage}.yaml")
+    names = set(VARIABLE.findall(Path(path).read_text()))
+    recipe = Recipe.load(path, {name: str(tmp_path / name) for name in names})
+    assert recipe.stage == stage and recipe.spec == STAGES[stage]
+    for entry in recipe.data["datasets"]:
+        arguments = {key: value for key, value in entry.items() if key not in ("reader", "ratio")}
+        reader = getattr(data, f"read_{entry['reader']}")
+        inspect.signature(reader).bind(**arguments)
+    assert recipe.training["bf16"] is True  # GPU recipes; this CPU machine builds them without bf16
+    recipe.training.update(bf16=False, use_cpu=True)
+    arguments = recipe.training_arguments()
+    assert arguments.lr_scheduler_type == "cosine_warmup_with_min_lr"
+    assert arguments.lr_scheduler_kwargs["min_lr"] == STAGES[stage].min_learning_rate

@@ -34,7 +34,8 @@ def write_synthetic_world(
     """Write train data for all four stages and held-out evaluation sets under ``root``; return their paths.
 
     Train scenes have image ids ``1..n_train``, held-out scenes ``n_train+1..n_train+n_eval``; held-out scenes
-    appear only in the GQA testdev file and in the RefCOCO ``val`` split.
+    appear only in the GQA testdev file and in the RefCOCO ``val`` split. ``root`` doubles as a `tinygptv eval`
+    data folder: ``gqa/`` (testdev) and ``refcoco/`` (split ``val``) are laid out as the real benchmarks.
     """
     root = os.fspath(root)
     train_rng, eval_rng = random.Random(f"{seed}/train"), random.Random(f"{seed}/eval")
@@ -47,6 +48,7 @@ def write_synthetic_world(
     paths.update(
         _write_coco(os.path.join(root, "coco"), train, held_out, images, random.Random(f"{seed}/qa"))
     )
+    paths.update(_write_refer(os.path.join(root, "refcoco"), train, held_out, paths["coco_images"]))
     paths.update(_write_flickr(os.path.join(root, "flickr30k"), train, images))
     paths.update(_write_gqa(os.path.join(root, "gqa"), held_out, images, random.Random(f"{seed}/gqa")))
     paths.update(_write_caption_eval(os.path.join(root, "gqa"), held_out))
@@ -122,18 +124,16 @@ def _write_coco(folder, train, held_out, images, rng):
         }
         for s in train
     ]
-    refer = _write_refer(os.path.join(folder, "refer", "refcoco"), train, held_out)
     return {
         "coco_images": image_dir,
         "coco_vqa": _dump(os.path.join(folder, "vqa_train.json"), vqa),
         "llava_detail": _dump(os.path.join(folder, "llava", "detail_synthetic.json"), detail),
-        "refer_root": os.path.dirname(refer),
-        "refcoco_eval_split": "val",
     }
 
 
-def _write_refer(folder, train, held_out):
-    """REFER's ``refs(unc).p`` (protocol 2, plain containers only) and ``instances.json``."""
+def _write_refer(folder, train, held_out, image_dir):
+    """REFER's ``refs(unc).p`` (protocol 2, plain containers only) and ``instances.json``, with ``images`` linking
+    to the COCO images so the folder is also a RefCOCO benchmark folder for `tinygptv eval`."""
     refs, annotations, image_entries = [], [], []
     for split, scenes in (("train", train), ("val", held_out)):
         for scene in scenes:
@@ -182,7 +182,8 @@ def _write_refer(folder, train, held_out):
         os.path.join(folder, "instances.json"),
         {"images": image_entries, "annotations": annotations, "categories": categories},
     )
-    return folder
+    os.symlink(os.path.relpath(image_dir, folder), os.path.join(folder, "images"))
+    return {"refer_root": os.path.dirname(folder), "refcoco_eval_split": "val"}
 
 
 def _write_flickr(folder, scenes, images):

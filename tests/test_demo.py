@@ -1,0 +1,86 @@
+"""`tinygptv demo --quick` end to end in a fresh folder, and the evaluation harness on the demo's held-out sets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    output = tmp_path_factory.mktemp("demo") / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "tinygptv_hf.cli", "demo", "--quick", "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output, result.stdout
+
+
+def test_quick_demo_writes_every_stage_with_cards_plots_and_summary(demo):
+    output, stdout = demo
+    summary = json.loads((output / "summary.json").read_text())
+    assert [row["stage"] for row in summary["stages"]] == [0, 1, 2, 3, 4]
+    for row in summary["stages"]:
+        for key in ("vqa_accuracy", "refer_iou50", "caption_f1"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["seconds"] >= 0
+    assert all(row["loss"] > 0 for row in summary["stages"][1:])
+    for stage in range(1, 5):
+        final = output / f"stage-{stage}" / "final"
+        assert (final / "model.safetensors").exists() and (final / "modeling_tinygptv.py").exists()
+        card = ModelCard.load(final / "README.md")
+        assert card.data.pipeline_tag == "image-text-to-text" and card.data.stage == stage
+    for plot in ("loss.png", "accuracy.png"):
+        with Image.open(output / plot) as image:
+            assert image.format == "PNG" and image.width > 200
+    assert "stage  seconds" in stdout and "demo finished" in stdout
+
+
+def test_final_model_answers_from_its_own_files_without_the_package(demo):
+    """The reloaded stage-4 folder answers a held-out question in a process where tinygptv_hf cannot be imported."""
+    output, stdout = demo
+    final = output / "stage-4" / "final"
+    question = json.loads((output / "data" / "gqa" / "testdev_balanced_questions.json").read_text())[0]
+    image = output / "data" / "gqa" / "images" / question["image"]
+    script = f"""
+import sys
+sys.modules["tinygptv_hf"] = None
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained({str(final)!r}, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained({str(final)!r}, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "[vqa] " + {question["question"]!r}}}]}}]
+inputs = processor(images=[Image.open({str(image)!r})], text=[processor.apply_chat_template(messages, add_generation_prompt=True)], return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+print("ANSWER", repr(processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1]:])[0]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ANSWER" in result.stdout
+    assert "(reloaded with AutoModelForImageTextToText, trust_remote_code=True)" in stdout
+
+
+def test_eval_harness_runs_on_the_demo_held_out_sets(demo, tmp_path):
+    output, _ = demo
+    results = tmp_path / "results.json"
+    command = [
+        sys.executable, "-m", "tinygptv_hf.cli", "eval", str(output / "stage-4" / "final"),
+        "--benchmark", "gqa,refcoco:val", "--data-dir", str(output / "data"), "--limit", "6", "--output", str(results),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(results.read_text())
+    assert sorted(report["results"]) == ["gqa", "refcoco:val"]
+    assert len(report["predictions"]) == 12
+    assert report["model_index"][0]["results"]
