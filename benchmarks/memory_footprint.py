@@ -10,45 +10,13 @@ heavy running.
 
 import argparse
 import json
-import math
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import count_parameters, peak_memory_gb, run_isolated, write_checkpoint
 
 MODES = ["fp32", "fp16", "bf16", "int8", "nf4", "nf4-double"]
-
-
-def write_checkpoint(folder: Path, preset: str) -> None:
-    from tinygptv_hf import TinyGPTVForConditionalGeneration
-    from tinygptv_hf.checkpoint import build_processor, fit_tokenizer, save_checkpoint
-    from tinygptv_hf.presets import preset_config
-    from tinygptv_hf.tokenization import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    config = fit_tokenizer(preset_config(preset), tokenizer)
-    with torch.device("meta"):
-        model = TinyGPTVForConditionalGeneration(config)
-    model = model.to(torch.bfloat16).to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            tensor.uniform_(-0.02, 0.02, generator=generator)
-    save_checkpoint(model, build_processor(tokenizer, config), folder)
-
-
-def count_parameters(folder: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with safe_open(path, "pt") as weights:
-            for key in weights.keys():
-                total += math.prod(weights.get_slice(key).get_shape())
-    return total
 
 
 def measure(folder: Path, mode: str) -> dict:
@@ -79,7 +47,7 @@ def measure(folder: Path, mode: str) -> dict:
         ),
         "qformer_dtype": str(model.model.query_tokens.dtype).removeprefix("torch."),
         "footprint_gb": model.get_memory_footprint() / 1e9,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        **peak_memory_gb(),
         "load_seconds": seconds,
     }
 
@@ -105,18 +73,7 @@ def main():
         )
     rows = []
     for mode in args.modes:
-        result = subprocess.run(
-            [sys.executable, __file__, "--checkpoint", str(args.checkpoint), "--measure", mode],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            reason = (
-                "killed (out of memory?)" if result.returncode < 0 else result.stderr.strip().splitlines()[-1]
-            )
-            rows.append({"mode": mode, "error": reason})
-        else:
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        rows.append({"mode": mode, **run_isolated(__file__, ["--checkpoint", str(args.checkpoint), "--measure", mode])})
         print(json.dumps(rows[-1]), flush=True)
 
     print(f"\n{count_parameters(args.checkpoint) / 1e9:.3f} B parameters\n")
