@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoProcessor
 
 from tinygptv_hf.cli import main
 from tinygptv_hf.data.synthetic import write_synthetic_world
@@ -100,6 +101,11 @@ def test_stage_trains_declared_parameters_only(stage, tiny_checkpoint, world, tm
 
     losses = [entry["loss"] for entry in stage_log(output) if "loss" in entry]
     assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]), losses
+    processor = AutoProcessor.from_pretrained(final)
+    assert processor.end_symbol == spec.end_symbol
+    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "[vqa] hi"}]}]
+    prompt = processor.apply_chat_template(message, add_generation_prompt=True)
+    assert prompt.startswith("[INST] ") if stage == 4 else prompt.endswith("###Assistant: ")
     card = (final / "README.md").read_text()
     assert f"stage {stage}" in card and "pipeline_tag: image-text-to-text" in card
     if spec.lora is not None:

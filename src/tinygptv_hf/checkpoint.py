@@ -9,12 +9,10 @@ from transformers import GenerationConfig
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
 from .presets import preset_config
 from .processors import TinyGPTVImageProcessor, TinyGPTVProcessor
-from .processors.templates import END_SYMBOL, chat_templates_for_stage
+from .processors.templates import STAGE_END_SYMBOL, chat_templates_for_stage
 from .tokenization import build_tiny_tokenizer, load_llm_tokenizer
 from .weights import load_blip2_vision_side, load_phi_language_model
 
-# The end symbol each stage was trained to emit (reference 3.4): stages 1-2 end captions with a newline.
-STAGE_END_SYMBOL = {0: END_SYMBOL, 1: "\n", 2: "\n", 3: END_SYMBOL, 4: END_SYMBOL}
 STAGE_IMAGE_SIZE = {0: 224, 1: 224, 2: 224, 3: 224, 4: 448}
 
 
@@ -32,9 +30,14 @@ def build_processor(tokenizer, config: TinyGPTVConfig, stage: int | None = None)
     )
 
 
-def generation_config_for(config: TinyGPTVConfig, tokenizer, stage: int) -> GenerationConfig:
+def set_processor_stage(processor: TinyGPTVProcessor, stage: int, end_symbol: str | None = None):
+    """The stage's default chat template and end symbol, so a folder saved after a stage answers in its format."""
+    processor.chat_template = chat_templates_for_stage(stage)
+    processor.end_symbol = STAGE_END_SYMBOL[stage] if end_symbol is None else end_symbol
+
+
+def generation_config_for(tokenizer, end_symbol: str) -> GenerationConfig:
     """Greedy by default, no BOS (as the original at inference), stop on the stage's end symbol."""
-    end_symbol = STAGE_END_SYMBOL[stage]
     return GenerationConfig(
         do_sample=False,
         max_new_tokens=300,
@@ -60,7 +63,7 @@ def save_checkpoint(model: TinyGPTVForConditionalGeneration, processor: TinyGPTV
     """Write a folder that loads with the Auto classes, with or without this package (remote code included)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config = generation_config_for(model.config, processor.tokenizer, model.config.stage)
+    model.generation_config = generation_config_for(processor.tokenizer, processor.end_symbol)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir

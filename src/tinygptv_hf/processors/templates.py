@@ -78,8 +78,10 @@ CHAT_TEMPLATES = {
     "multitask": MULTITASK_CHAT_TEMPLATE,
 }
 
-# Which family a checkpoint of each stage answers best to by default.
+# Which family a checkpoint of each stage answers best to by default, and the end symbol each stage was trained to
+# emit (reference 3.4: stages 1-2 end captions with a newline).
 STAGE_DEFAULT_TEMPLATE = {0: "conversation", 1: "conversation", 2: "conversation", 3: "conversation", 4: "multitask"}
+STAGE_END_SYMBOL = {0: END_SYMBOL, 1: "\n", 2: "\n", 3: END_SYMBOL, 4: END_SYMBOL}
 
 
 def chat_templates_for_stage(stage: int) -> dict[str, str]:

@@ -6,7 +6,7 @@ Reference sections 2.2, 3.4 and 5.2. A stage never differs from another by code,
 import re
 from dataclasses import dataclass, field, replace
 
-from ..processors.templates import END_SYMBOL, INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE
+from ..processors.templates import INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE, STAGE_END_SYMBOL
 
 # Stage 1 trains the projector and the weights (not the biases) of every norm the paper adds or re-trains.
 NORM_WEIGHTS = (
@@ -64,7 +64,7 @@ WARMUP = StageSpec(
     trainable=PROJECTOR + NORM_WEIGHTS,
     lora=None,
     prompt_template=None,
-    end_symbol="\n",
+    end_symbol=STAGE_END_SYMBOL[1],
     image_size=224,
     max_text_length=32,
     learning_rate=1e-4,
@@ -76,7 +76,7 @@ INSTRUCTION = replace(
     stage=3,
     name="instruction tuning",
     prompt_template=INSTRUCTION_TEMPLATE,
-    end_symbol=END_SYMBOL,
+    end_symbol=STAGE_END_SYMBOL[3],
     max_text_length=160,
     learning_rate=3e-5,
     min_learning_rate=1e-5,
@@ -88,7 +88,7 @@ MULTITASK = replace(
     stage=4,
     name="multi-task",
     prompt_template=MULTITASK_TEMPLATE,
-    end_symbol=END_SYMBOL,
+    end_symbol=STAGE_END_SYMBOL[4],
     image_size=448,
     max_text_length=1024,
     learning_rate=1e-5,

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import save_checkpoint, set_processor_stage
 from ..conversion import interpolate_position_embedding
 from .collator import TinyGPTVCollator
 from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec
@@ -83,6 +83,7 @@ class TinyGPTVStageTrainer(Trainer):
         set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
         set_image_size(model, processor, self.stage_spec.image_size)
         model.config.stage = self.stage_spec.stage
+        set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
         model = prepare_model_for_stage(model, self.stage_spec)
         # The collator needs the raw samples, and under DDP every rank reads its own shards of the stream.
         args.remove_unused_columns = False
