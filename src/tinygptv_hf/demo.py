@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .checkpoint import init_checkpoint
+from .data import blip_caption
 from .data.synthetic import write_synthetic_world
 from .evaluation.answers import box_iou
 from .evaluation.runner import generate_answers
@@ -43,7 +44,7 @@ class DemoSize:
 FULL = DemoSize(
     n_train=3000,
     n_eval=100,
-    steps=(300, 100, 100, 700),
+    steps=(700, 100, 100, 1500),
     batch_size=16,
     eval_questions=200,
     eval_refs=100,
@@ -81,8 +82,10 @@ class HeldOut:
     def __init__(self, world: dict, size: DemoSize):
         images = Path(world["gqa_images"])
         questions = json.loads(Path(world["gqa_testdev"]).read_text())[: size.eval_questions]
+        # Questions are normalised as the stage-4 training text was (blip_caption: lower case, no punctuation).
         self.questions = [
-            (images / q["image"], q["question"], q["answer"], q["types"]["detailed"]) for q in questions
+            (images / q["image"], blip_caption(q["question"]), q["answer"], q["types"]["detailed"])
+            for q in questions
         ]
         captions = json.loads(Path(world["caption_eval"]).read_text())[: size.eval_captions]
         self.captions = [(images / c["image"], c["caption"]) for c in captions]
