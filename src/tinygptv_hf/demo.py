@@ -61,6 +61,7 @@ def stage_recipe(stage: int, variables: dict, size: DemoSize, seed: int) -> Reci
     recipe.training.update(
         max_steps=size.steps[stage - 1],
         per_device_train_batch_size=size.batch_size,
+        logging_steps=1 if size.steps[stage - 1] < 20 else 10,
         seed=seed,
         data_seed=seed,
     )
