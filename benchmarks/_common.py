@@ -153,6 +153,7 @@ def machine() -> dict:
         "bitsandbytes": bitsandbytes.__version__,
         "peft": peft.__version__,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": os.getloadavg()[0],  # other work on a shared machine slows every figure
     }
 
 

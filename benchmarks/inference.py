@@ -11,6 +11,7 @@ commands measure bf16, torch.compile and the quantized modes instead.
 
     python benchmarks/inference.py prepare [--preset phi2] [--root DIR]
     python benchmarks/inference.py run [--modes fp32 fp32-packed ...] [--output results.json]
+    python benchmarks/inference.py report results.json [more.json ...]   # tables from one or several runs
 """
 
 import argparse
@@ -50,6 +51,9 @@ class Mode:
     dtype: torch.dtype  # of the layers left unquantized, and of the activations
     pack: bool = False  # CPU: Linear weights of the language model pre-packed for oneDNN
     compile: bool = False  # torch.compile on every decoder layer
+    # bitsandbytes repacks each 4-bit weight into a new buffer at its first CPU forward on AVX512-BF16 machines
+    # (not on others); the memory-mapped checkpoint stays resident beside it, so the weights are held twice.
+    repack_4bit: bool = True
     what: str = ""
 
 
@@ -61,6 +65,9 @@ CPU_MODES = {
     "bf16": Mode("tinygptv", "bf16", torch.bfloat16, what="bf16 (Q-Former float32), eager"),
     "int8": Mode("tinygptv", "int8", torch.bfloat16, what="every Linear bnb int8, rest bf16 (Q-Former norms fp32)"),
     "nf4": Mode("tinygptv", "nf4", torch.bfloat16, what="every Linear bnb nf4 + double quant, rest bf16"),
+    "nf4-lean": Mode(
+        "tinygptv", "nf4", torch.bfloat16, repack_4bit=False, what="nf4 as above, weights used in place (no repack)"
+    ),
     "phi-fp32": Mode("phi", "random", torch.float32, what="stock PhiForCausalLM, float32, eager"),
     "phi-fp32-packed": Mode("phi", "random", torch.float32, pack=True, what="stock Phi, float32, packed"),
     "phi-bf16": Mode("phi", "random", torch.bfloat16, what="stock Phi, bf16, eager"),
@@ -143,9 +150,16 @@ def load(mode: Mode, root: Path, preset: str):
         return random_model(PhiForCausalLM, phi_config(preset), mode.dtype)
     if mode.source == "random":
         return random_tinygptv(preset, mode.dtype)[0]
-    return AutoModelForImageTextToText.from_pretrained(
+    model = AutoModelForImageTextToText.from_pretrained(
         root / f"{preset}-{mode.source}", dtype=mode.dtype, device_map=device()
     )
+    if not mode.repack_4bit:
+        from bitsandbytes.nn import Linear4bit
+
+        for module in model.modules():
+            if isinstance(module, Linear4bit):
+                module.support_avx512bf16_for_cpu = False  # what bitsandbytes does on CPUs without AVX512-BF16
+    return model
 
 
 def language_model(model):
@@ -158,8 +172,9 @@ def pack_for_onednn(model, dtype: torch.dtype):
     for 2-16 rows, which is what batched decoding feeds it."""
     from torch.utils.mkldnn import to_mkldnn
 
-    to_mkldnn(language_model(model), dtype)
-    model.lm_head = to_mkldnn(model.lm_head, dtype)
+    with torch.no_grad():  # else each packed copy's autograd node keeps its original weight alive
+        to_mkldnn(language_model(model), dtype)
+        model.lm_head = to_mkldnn(model.lm_head, dtype)
 
 
 def compile_layers(model):
@@ -300,7 +315,7 @@ def generate(model, new_tokens: int, **inputs) -> tuple[torch.Tensor, list[float
     return tokens, [stamp - start for stamp in clock.stamps]
 
 
-def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: int) -> dict:
+def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: int, sizes: list[int]) -> dict:
     """One mode, in its own process: everything this mode's rows need except the floors."""
     from tinygptv_hf.checkpoint import build_processor
     from tinygptv_hf.tokenization import build_tiny_tokenizer
@@ -353,23 +368,27 @@ def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: i
                     "relative_rms": ((logits - expected).norm() / expected.norm()).item(),
                     "top1_agreement": (logits.argmax(-1) == expected.argmax(-1)).float().mean().item(),
                 }
-            set_image_size(model, build_processor(build_tiny_tokenizer(), model.config), 448)
-            pixels = torch.randn(1, 3, 448, 448, device=device())
-            result["encode_flops"][448] = count_flops(mode, preset, 1, 448)
-            result["encode_s"][448] = seconds(lambda: model.get_image_features(pixels), max(1, repeats - 1), warmup=0)
+            for size in (size for size in sizes if size != model.config.vision_config.image_size):
+                set_image_size(model, build_processor(build_tiny_tokenizer(), model.config), size)
+                pixels = torch.randn(1, 3, size, size, device=device())
+                result["encode_flops"][size] = count_flops(mode, preset, 1, size)
+                result["encode_s"][size] = seconds(
+                    lambda pixels=pixels: model.get_image_features(pixels), max(1, repeats - 1), warmup=0
+                )
     result.update(peak_memory_gb())
+    # The machine is shared: the floors are measured again here, right after this mode's timings.
+    result["floors"] = {"bandwidth": memory_bandwidth(), "matmul_gflops": matmul_rates()}
     return result
 
 
 def floors() -> dict:
     """The machine's rates, measured in the same session as the modes."""
-    rates = {"bandwidth": memory_bandwidth()}
-    rates["matmul_gflops"] = {
-        str(dtype).removeprefix("torch."): matmul_throughput(dtype)
-        for dtype in (torch.float32, torch.bfloat16, torch.float16)
-    }
-    rates["linear_ms"] = linear_kernels()
-    return rates
+    return {"bandwidth": memory_bandwidth(), "matmul_gflops": matmul_rates(), "linear_ms": linear_kernels()}
+
+
+def matmul_rates() -> dict:
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    return {str(dtype).removeprefix("torch."): matmul_throughput(dtype) for dtype in dtypes}
 
 
 def linear_kernels() -> dict:
@@ -407,7 +426,8 @@ def report(session: dict, preset: str) -> str:
     lines = [
         f"Machine: {m['device']} ({m['cpu_features']}), {m['cores']} cores, {m['threads']} threads, "
         f"{m['memory_gb']:.0f} GB; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"bitsandbytes {m['bitsandbytes']}, peft {m['peft']}; {m['date']}. Model: `{preset}` preset, random weights.",
+        f"bitsandbytes {m['bitsandbytes']}, peft {m['peft']}; {m['date']}, load average {m['load_average']:.1f} at the "
+        f"start. Model: `{preset}` preset, random weights.",
         *(f"\nFailed: {row['mode']}: {row['error']}" for row in session["modes"] if "error" in row),
         "",
         "| floor | measured |",
@@ -419,44 +439,54 @@ def report(session: dict, preset: str) -> str:
         "",
         "Floors: FLOPs (torch.utils.flop_counter) / matmul throughput of the mode's compute dtype (bf16 for the "
         "quantized modes) for encoding and prefill; bytes read per decode step (language model without its "
-        "embedding table, LM head, KV cache) / copy bandwidth for decoding. Median of the runs, best in brackets.",
+        "embedding table, LM head, KV cache) / copy bandwidth for decoding, with the rates measured again in each "
+        "mode's process right after its timings (last column). Median of the runs, best in brackets.",
         "",
-        "| mode | image encoding, batch 1 | 224 px | floor | reached | 448 px | floor | reached |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | image encoding, batch 1 | 224 px | floor | reached | 448 px | floor | reached | matmul |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def gflops(row):
-        return rates["matmul_gflops"]["float32" if MODES[row["mode"]].dtype == torch.float32 else "bfloat16"]
+        dtype = "float32" if MODES[row["mode"]].dtype == torch.float32 else "bfloat16"
+        return row.get("floors", rates)["matmul_gflops"][dtype]
 
     def timed(times, flops, row):
         floor = flops / gflops(row) / 1e9
-        return f"{statistics.median(times):.3g} s ({min(times):.3g}) | {floor:.3g} s | {floor / statistics.median(times):.0%}"
+        return (f"{statistics.median(times):.3g} s ({min(times):.3g}) | {floor:.3g} s | "
+                f"{floor / statistics.median(times):.0%}")
 
     for row in rows:
         if "encode_s" in row:
-            cells = [timed(row["encode_s"][size], row["encode_flops"][size], row) for size in ("224", "448")]
-            lines.append(f"| {row['mode']} | {row['what']} | {' | '.join(cells)} |")
+            cells = [
+                timed(row["encode_s"][size], row["encode_flops"][size], row) if size in row["encode_s"] else "- | - | -"
+                for size in ("224", "448")
+            ]
+            lines.append(f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {gflops(row):.0f} GFLOP/s |")
     lines += [
         "",
-        "| mode | prefill, 55 tokens | batch 1 | floor | reached | batch 8 | floor | reached |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        cells = [timed(row["prefill_s"][batch], row["prefill_flops"][batch], row) for batch in ("1", "8")]
-        lines.append(f"| {row['mode']} | {row['what']} | {' | '.join(cells)} |")
-    lines += [
-        "",
-        "| mode | decode | batch 1 tok/s | floor | reached | batch 8 tok/s | floor | reached | batch 8 / batch 1 |",
+        "| mode | prefill, 55 tokens | batch 1 | floor | reached | batch 8 | floor | reached | matmul |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        cells = [timed(row["prefill_s"][batch], row["prefill_flops"][batch], row) for batch in ("1", "8")]
+        lines.append(f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {gflops(row):.0f} GFLOP/s |")
+    lines += [
+        "",
+        "| mode | decode | batch 1 tok/s | floor | reached | batch 8 tok/s | floor | reached | batch 8 / batch 1 | "
+        "copy bandwidth |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
         cells, rate = [], {}
+        bandwidth = row.get("floors", rates)["bandwidth"]["copy_gbps"]
         for batch in ("1", "8"):
             steps = row["decode_step_s"][batch]
             rate[batch] = int(batch) / statistics.median(steps)
             floor = int(batch) * bandwidth * 1e9 / row["decode_bytes"][batch]
             cells.append(f"{rate[batch]:.3g} ({int(batch) / min(steps):.3g}) | {floor:.3g} | {rate[batch] / floor:.0%}")
-        lines.append(f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {rate['8'] / rate['1']:.1f}x |")
+        lines.append(
+            f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {rate['8'] / rate['1']:.1f}x | {bandwidth:.1f} GB/s |"
+        )
     lines += [
         "",
         "| mode | peak resident memory: encoding + generation / whole run | model footprint | "
@@ -479,15 +509,27 @@ def report(session: dict, preset: str) -> str:
     return "\n".join(lines)
 
 
+def merge(sessions: list[dict]) -> dict:
+    """One session from several runs (a later run's mode replaces an earlier one's); a row without floors of its
+    own keeps those of its session. Machine and kernel table come from the first run."""
+    modes = {}
+    for session in sessions:
+        for row in session["modes"]:
+            if "error" not in row or row["mode"] not in modes:
+                modes[row["mode"]] = {"floors": session["floors"], **row}
+    return {**sessions[0], "modes": list(modes.values())}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "run", "measure", "quantize"])
+    parser.add_argument("command", choices=["prepare", "run", "report", "measure", "quantize"])
     parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="phi2")
     parser.add_argument("--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where checkpoints live")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="image sizes to encode")
     parser.add_argument("--output", type=Path, help="JSON file for the raw results")
     args = parser.parse_args()
 
@@ -497,14 +539,16 @@ def main():
         print(json.dumps(peak_memory_gb()))
     elif args.command == "prepare":
         prepare(args.root, args.preset)
+    elif args.command == "report":
+        print(report(merge([json.loads(Path(path).read_text()) for path in args.arguments]), args.preset))
     elif args.command == "measure":
-        result = measure(args.arguments[0], args.root, args.preset, args.new_tokens, args.repeats)
+        result = measure(args.arguments[0], args.root, args.preset, args.new_tokens, args.repeats, args.sizes)
         print(json.dumps(result))
     else:
         session = {"machine": machine(), "floors": floors(), "modes": []}
         print(json.dumps(session["floors"]), flush=True)
         common = ["--root", str(args.root), "--preset", args.preset, "--new-tokens", str(args.new_tokens),
-                  "--repeats", str(args.repeats)]
+                  "--repeats", str(args.repeats), "--sizes", *map(str, args.sizes)]
         for mode in args.modes:
             row = {"mode": mode, **run_isolated(__file__, ["measure", mode, *common])}
             session["modes"].append(row)
