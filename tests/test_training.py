@@ -229,3 +229,19 @@ def test_paper_recipes_declare_valid_readers_and_arguments(stage, tmp_path):
     arguments = recipe.training_arguments()
     assert arguments.lr_scheduler_type == "cosine_warmup_with_min_lr"
     assert arguments.lr_scheduler_kwargs["min_lr"] == STAGES[stage].min_learning_rate
+
+
+def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint, world, tmp_path, capsys):
+    recipe = write_recipe(tmp_path, 2, tiny_checkpoint, steps=2)
+    assert main(["train", str(recipe), "--set", "webdataset=/no/such/shards/{00000..00001}.tar"]) == 2
+    assert "/no/such/shards" in capsys.readouterr().err
+    assert not (tmp_path / "stage-2").exists()
+
+    assert main(["train", str(recipe)]) == 2
+    assert "${webdataset}" in capsys.readouterr().err
+
+    broken = yaml.safe_load(recipe.read_text())
+    broken["stage_overrides"]["lora_rank"] = 8
+    recipe.write_text(yaml.safe_dump(broken))
+    assert main(["train", str(recipe), *variables(world)]) == 2
+    assert "lora_rank" in capsys.readouterr().err

@@ -4,7 +4,7 @@ Reference sections 2.2, 3.4 and 5.2. A stage never differs from another by code,
 """
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from ..processors.templates import INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE, STAGE_END_SYMBOL
 
@@ -51,6 +51,11 @@ class StageSpec:
 
     def with_overrides(self, **overrides) -> "StageSpec":
         """A copy with recipe overrides, e.g. `extra_trainable=VISION_SIDE` for the demo's untrained vision tower."""
+        unknown = set(overrides) - {spec_field.name for spec_field in fields(self)}
+        if unknown:
+            raise ValueError(
+                f"Unknown stage override(s) {sorted(unknown)}; StageSpec has {[f.name for f in fields(self)]}."
+            )
         if isinstance(overrides.get("lora"), dict):
             overrides["lora"] = LoraSpec(**overrides["lora"])
         if "extra_trainable" in overrides:
