@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conversion_support import LORA_ALPHA, LORA_R, STAGE_NORMS, SyntheticRelease, tiny_config, write_weights
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tinygptv_hf.cli import main
 from tinygptv_hf.conversion import sha256_of
@@ -308,3 +308,26 @@ def test_init_assembles_stage0_from_transformers_folders(release, tmp_path):
         else:  # Phi's own norm weights are the Phi folder's (pretrained) values
             assert torch.equal(weight, synthetic.pretrained[key] if STAGE_NORMS.match(key) else truth), key
     assert json.loads((tmp_path / "stage0-0" / "config.json").read_text())["stage"] == 0
+
+
+def test_init_refuses_a_vision_folder_without_ln_vision(release, tmp_path, capsys):
+    """Only the projector and the norms TinyGPT-V adds may start fresh: a BLIP-2 folder missing its
+    `post_layernorm` (the original's ln_vision) is an error naming the key, not a silent random init."""
+    synthetic, tokenizer = release
+    phi = synthetic.write_phi(tmp_path / "phi", tokenizer, fused=False, modified=False, suffix=".safetensors")
+    blip2 = synthetic.write_blip2_folder(tmp_path / "blip2")
+    for shard in blip2.glob("*.safetensors"):
+        tensors = load_file(shard)
+        save_file({k: v for k, v in tensors.items() if "post_layernorm" not in k}, shard)
+    index = blip2 / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: v for k, v in data["weight_map"].items() if "post_layernorm" not in k}
+        index.write_text(json.dumps(data))
+    out = tmp_path / "stage0"
+    assert (
+        main(["init", "--preset", "tiny", "--llm", str(phi), "--vision", str(blip2), "--output", str(out)])
+        == 2
+    )
+    assert "model.vision_model.post_layernorm" in capsys.readouterr().err
+    assert not (out / "model.safetensors").exists()

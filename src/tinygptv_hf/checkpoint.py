@@ -1,6 +1,7 @@
 """Building and writing complete checkpoint folders (weights, config, processor, tokenizer, templates, code)."""
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ from .processors.templates import STAGE_END_SYMBOL, chat_templates_for_stage
 from .tokenization import build_tiny_tokenizer, load_llm_tokenizer
 from .weights import load_blip2_vision_side, load_phi_language_model
 
+FRESH_AT_STAGE_0 = re.compile(
+    r"^model\.(multi_modal_projector\.|language_model\.layers\.\d+\.(self_attn\.[qk]_layernorm|post_layernorm)\.)"
+)
 STAGE_IMAGE_SIZE = {0: 224, 1: 224, 2: 224, 3: 224, 4: 448}
 
 
@@ -59,7 +63,9 @@ def fit_tokenizer(config: TinyGPTVConfig, tokenizer) -> TinyGPTVConfig:
     return config
 
 
-def save_checkpoint(model: TinyGPTVForConditionalGeneration, processor: TinyGPTVProcessor, output_dir) -> Path:
+def save_checkpoint(
+    model: TinyGPTVForConditionalGeneration, processor: TinyGPTVProcessor, output_dir
+) -> Path:
     """Write a folder that loads with the Auto classes, with or without this package (remote code included)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -90,21 +96,22 @@ def init_checkpoint(
         tokenizer = load_llm_tokenizer(str(llm_path))
         language_model, text_config = load_phi_language_model(llm_path)
         vision_state, vision_config, qformer_config = load_blip2_vision_side(vision_path)
-        config = preset_config(preset)
         config = TinyGPTVConfig(
             vision_config=vision_config,
             qformer_config=qformer_config,
-            text_config=dict(text_config, **{"qk_layernorm": True}),
+            text_config=text_config,
             num_query_tokens=vision_state["model.query_tokens"].shape[1],
-            projection_hidden_size=config.projection_hidden_size,
+            projection_hidden_size=preset_config(preset).projection_hidden_size,
         )
         config = fit_tokenizer(config, tokenizer)
         model = TinyGPTVForConditionalGeneration(config)
         missing, unexpected = model.load_state_dict({**language_model, **vision_state}, strict=False)
-        fresh = ("multi_modal_projector.", "q_layernorm.", "k_layernorm.", "post_layernorm.")
-        not_fresh = [key for key in missing if not any(part in key for part in fresh)]
+        # Only the projector and the norms TinyGPT-V adds to Phi start fresh; anything else missing is an error.
+        not_fresh = [key for key in missing if not FRESH_AT_STAGE_0.search(key)]
         if not_fresh or unexpected:
-            raise ValueError(f"Pretrained parts do not fit the model: missing {not_fresh}, unexpected {unexpected}.")
+            raise ValueError(
+                f"Pretrained parts do not fit the model: missing {not_fresh}, unexpected {unexpected}."
+            )
     else:
         # No Phi-2 tokenizer exists offline: random presets carry the tiny byte-level BPE (same class).
         tokenizer = build_tiny_tokenizer()
@@ -112,4 +119,3 @@ def init_checkpoint(
         model = TinyGPTVForConditionalGeneration(config)
     model.eval()
     return save_checkpoint(model, build_processor(tokenizer, model.config), output_dir)
-

@@ -21,6 +21,7 @@ from .checkpoint import init_checkpoint
 from .data import blip_caption
 from .data.synthetic import write_synthetic_world
 from .evaluation.answers import box_iou
+from .evaluation.refer import load_instances, load_refs
 from .evaluation.runner import generate_answers
 from .grounding import parse_grounded_text
 from .processors import load_image
@@ -91,8 +92,6 @@ class HeldOut:
         captions = json.loads(Path(world["caption_eval"]).read_text())[: size.eval_captions]
         self.captions = [(images / c["image"], c["caption"]) for c in captions]
         refer_root = Path(world["refer_root"]) / "refcoco"
-        from .evaluation.refer import load_instances, load_refs
-
         image_entries, annotations = load_instances(refer_root / "instances.json")
         refs = [
             ref
