@@ -45,6 +45,7 @@ def generation_config_for(tokenizer, end_symbol: str) -> GenerationConfig:
     return GenerationConfig(
         do_sample=False,
         max_new_tokens=300,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=[end_symbol] if end_symbol.strip() else None,
@@ -60,6 +61,7 @@ def fit_tokenizer(config: TinyGPTVConfig, tokenizer) -> TinyGPTVConfig:
     config.image_token_id = tokenizer.convert_tokens_to_ids("<ImageHere>")
     config.text_config.bos_token_id = tokenizer.bos_token_id
     config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.pad_token_id = tokenizer.pad_token_id
     return config
 
 

@@ -55,6 +55,8 @@ PRESETS = {
             num_attention_heads=4,
             image_size=224,
             patch_size=14,
+            # BLIP-2's default (1e-10) suits a tower that is always loaded pretrained; this one trains from random.
+            initializer_range=0.02,
         ),
         qformer_config=dict(
             hidden_size=64,
