@@ -64,6 +64,25 @@ def test_left_padded_batch_equals_each_prompt_alone(tiny_model, tiny_processor):
 
 
 @torch.no_grad()
+def test_lm_head_gets_contiguous_rows_when_logits_are_kept(tiny_model, tiny_processor):
+    # A strided slice of the last hidden states makes torch's CPU bf16 linear copy the head's weight once per
+    # sequence (2 GB at batch 8 for the paper-size head); the rows kept must reach the head as their own tensor.
+    images = [random_image(index, 40 + 13 * index, 50) for index in range(len(PROMPTS))]
+    batch = tiny_processor(images=images, text=PROMPTS, padding=True, return_tensors="pt")
+    seen = []
+    hook = tiny_model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        full = tiny_model(**batch).logits
+        last = tiny_model(**batch, logits_to_keep=1).logits
+        chosen = tiny_model(**batch, logits_to_keep=torch.tensor([0, 3])).logits
+    finally:
+        hook.remove()
+    assert seen == [True, True, True]
+    torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(chosen, full[:, [0, 3]], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
 def test_save_load_round_trip_is_bit_exact(tiny_model, tiny_processor, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()

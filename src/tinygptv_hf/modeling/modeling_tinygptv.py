@@ -308,7 +308,9 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
             hidden_states = hidden_states[:, -logits_to_keep:, :]
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden_states = hidden_states[:, logits_to_keep, :]
-        logits = self.lm_head(hidden_states).float()
+        # A strided slice would make torch's CPU bf16 linear (and bitsandbytes' 4-bit layers, which call it) copy
+        # the LM head's weight once per sequence of the batch (2 GB for Phi-2's head at batch 8); copy the rows.
+        logits = self.lm_head(hidden_states.contiguous()).float()
 
         loss = None
         if labels is not None:
