@@ -91,6 +91,9 @@ def peak_memory_gb() -> dict:
     else:
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak = {"peak_rss_gb": kib * 1024 / 1e9}
+    if status.exists():  # what is resident now: pages of mapped files (the weights) and anonymous memory
+        now = {line.split(":")[0]: int(line.split()[1]) for line in status.open() if line.startswith("Rss")}
+        peak.update(rss_file_gb=now.get("RssFile", 0) * 1024 / 1e9, rss_anon_gb=now.get("RssAnon", 0) * 1024 / 1e9)
     if torch.cuda.is_available():
         peak["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return peak
@@ -157,10 +160,12 @@ def machine() -> dict:
     }
 
 
-def run_isolated(script: str, arguments: list[str]) -> dict:
-    """Run `script arguments` in a fresh process, so that its peak memory is its own; return the JSON object on the
-    last line of its output, or {"error": ...}."""
-    result = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True)
+def run_isolated(script: str, arguments: list[str], env: dict | None = None) -> dict:
+    """Run `script arguments` in a fresh process (with `env` added to this one's environment), so that its peak
+    memory is its own; return the JSON object on the last line of its output, or {"error": ...}."""
+    result = subprocess.run(
+        [sys.executable, script, *arguments], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         return {"error": f"killed by signal {-result.returncode} (out of memory?)" if result.returncode < 0

@@ -16,6 +16,7 @@ commands measure bf16, torch.compile and the quantized modes instead.
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -54,8 +55,16 @@ class Mode:
     # bitsandbytes repacks each 4-bit weight into a new buffer at its first CPU forward on AVX512-BF16 machines
     # (not on others); the memory-mapped checkpoint stays resident beside it, so the weights are held twice.
     repack_4bit: bool = True
+    # Environment of the mode's process, set before Python starts (glibc reads its malloc settings at start-up).
+    env: tuple[tuple[str, str], ...] = ()
     what: str = ""
 
+
+# glibc's malloc raises its mmap threshold (up to 32 MB) each time a large block is freed, so the next blocks of
+# that size come from the heap, which returns memory to the system only from its top: working memory freed
+# between layers stays resident. A fixed threshold (which also stops the raising) sends every block above 64 KiB
+# to its own mapping, unmapped when freed; trimming at 0 returns the heap's free top at once.
+LEAN_MALLOC = (("MALLOC_MMAP_THRESHOLD_", "65536"), ("MALLOC_TRIM_THRESHOLD_", "0"))
 
 CPU_MODES = {
     "fp32": Mode("tinygptv", "random", torch.float32, what="everything float32, eager"),
@@ -68,6 +77,14 @@ CPU_MODES = {
     "nf4-lean": Mode(
         "tinygptv", "nf4", torch.bfloat16, repack_4bit=False, what="nf4 as above, weights used in place (no repack)"
     ),
+    "nf4-lean-malloc": Mode(
+        "tinygptv", "nf4", torch.bfloat16, repack_4bit=False, env=LEAN_MALLOC,
+        what="nf4-lean, glibc malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0)",
+    ),
+    "int8-lean": Mode(
+        "tinygptv", "int8", torch.bfloat16, env=LEAN_MALLOC,
+        what="int8 as above, glibc malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0)",
+    ),
     "phi-fp32": Mode("phi", "random", torch.float32, what="stock PhiForCausalLM, float32, eager"),
     "phi-fp32-packed": Mode("phi", "random", torch.float32, pack=True, what="stock Phi, float32, packed"),
     "phi-bf16": Mode("phi", "random", torch.bfloat16, what="stock Phi, bf16, eager"),
@@ -79,6 +96,7 @@ CUDA_MODES = {
     ),
     "int8": CPU_MODES["int8"],
     "nf4": CPU_MODES["nf4"],
+    "int8-lean": CPU_MODES["int8-lean"],
     "phi-bf16": CPU_MODES["phi-bf16"],
     "phi-bf16-compile": Mode("phi", "random", torch.bfloat16, compile=True, what="stock Phi, bf16, compiled"),
 }
@@ -324,7 +342,8 @@ def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: i
     mode = MODES[mode_name]
     start = time.perf_counter()
     model = load(mode, root, preset).eval()
-    result = {"mode": mode_name, "what": mode.what, "load_s": time.perf_counter() - start}
+    result = {"mode": mode_name, "what": mode.what, "load_s": time.perf_counter() - start,
+              "env": {name: os.environ.get(name) for name, _ in mode.env}}
     result["footprint_gb"] = model.get_memory_footprint() / 1e9
     if mode.pack:
         pack_for_onednn(model, mode.dtype)
@@ -550,7 +569,7 @@ def main():
         common = ["--root", str(args.root), "--preset", args.preset, "--new-tokens", str(args.new_tokens),
                   "--repeats", str(args.repeats), "--sizes", *map(str, args.sizes)]
         for mode in args.modes:
-            row = {"mode": mode, **run_isolated(__file__, ["measure", mode, *common])}
+            row = {"mode": mode, **run_isolated(__file__, ["measure", mode, *common], env=dict(MODES[mode].env))}
             session["modes"].append(row)
             print(json.dumps(row), flush=True)
             if args.output:
