@@ -99,14 +99,19 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def left_to_right(scene: Scene) -> list[Shape]:
+    """Shapes in reading order, so a caption's word order follows from the image alone (every word learnable)."""
+    return sorted(scene.shapes, key=lambda shape: shape.centre)
+
+
 def caption(scene: Scene) -> str:
-    return f"{_join([f'a {s.name}' for s in scene.shapes])} on a {scene.background} background"
+    return f"{_join([f'a {s.name}' for s in left_to_right(scene)])} on a {scene.background} background"
 
 
 def description(scene: Scene) -> str:
     number = ("one shape", "two shapes", "three shapes")[len(scene.shapes) - 1]
     parts = [f"The image shows {number} on a {scene.background} background."]
-    parts += [f"A {s.name} is in the {_place(s, scene.size)}." for s in scene.shapes]
+    parts += [f"A {s.name} is in the {_place(s, scene.size)}." for s in left_to_right(scene)]
     return " ".join(parts)
 
 
@@ -120,7 +125,7 @@ def corners(shape: Shape, scene: Scene) -> tuple[int, int, int, int]:
 
 def grounded_caption(scene: Scene) -> str:
     """``<p>red circle</p> {<x1><y1><x2><y2>}`` for each shape, in the Flickr grounded-caption style."""
-    phrases = [phrase_with_boxes(f"a {s.name}", [corners(s, scene)]) for s in scene.shapes]
+    phrases = [phrase_with_boxes(f"a {s.name}", [corners(s, scene)]) for s in left_to_right(scene)]
     return f"{_join(phrases)} on a {scene.background} background"
 
 
