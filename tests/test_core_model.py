@@ -280,3 +280,19 @@ def test_checkpoint_with_wrong_weights_is_refused(tiny_checkpoint, tmp_path, cha
             auto_class.from_pretrained(folder)
     model, info = AutoModelForImageTextToText.from_pretrained(folder, output_loading_info=True)
     assert key in info[f"{change}_keys"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-demo"])
+def test_random_presets_start_with_a_trainable_vision_tower(preset):
+    """BLIP-2's vision default (std 1e-10) is for loading pretrained weights; a tower trained from random needs 0.02."""
+    torch.manual_seed(0)
+    vision = TinyGPTVForConditionalGeneration(preset_config(preset)).model.vision_model
+    for weight in (vision.embeddings.patch_embedding.weight, vision.encoder.layers[0].self_attn.qkv.weight):
+        assert 0.01 < weight.std().item() < 0.03
+
+
+def test_tiny_tokenizer_has_one_token_per_box_coordinate():
+    tokenizer = build_tiny_tokenizer()
+    for number in range(101):
+        pieces = tokenizer.convert_ids_to_tokens(tokenizer(f"<{number}>", add_special_tokens=False)["input_ids"])
+        assert pieces == ["<", str(number), ">"], number

@@ -88,3 +88,17 @@ def test_held_out_sets_use_only_held_out_images(world):
     held_out = read_all(data.read_refcoco(world["refer_root"], world["coco_images"], split="val",
                                           health=health), health)
     assert len(held_out) == len([r for r in refs if r["split"] == "val"])
+
+
+def test_captions_descriptions_and_grounded_captions_name_shapes_left_to_right():
+    shapes = (
+        scenes.Shape("red", "circle", (150, 20, 60, 60)),
+        scenes.Shape("blue", "square", (10, 120, 70, 70)),
+        scenes.Shape("green", "triangle", (85, 60, 60, 60)),
+    )
+    scene = scenes.Scene(image_id=1, size=224, background="grey", shapes=shapes)
+    assert scenes.caption(scene) == "a blue square, a green triangle and a red circle on a grey background"
+    description = scenes.description(scene)
+    assert description.index("blue square") < description.index("green triangle") < description.index("red circle")
+    grounded = scenes.grounded_caption(scene)
+    assert grounded.index("blue square") < grounded.index("green triangle") < grounded.index("red circle")
