@@ -282,13 +282,49 @@ def test_checkpoint_with_wrong_weights_is_refused(tiny_checkpoint, tmp_path, cha
     assert key in info[f"{change}_keys"]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-demo"])
-def test_random_presets_start_with_a_trainable_vision_tower(preset):
-    """BLIP-2's vision default (std 1e-10) is for loading pretrained weights; a tower trained from random needs 0.02."""
+@pytest.mark.parametrize("preset, std", [("tiny", 0.02), ("tiny-demo", 0.3)])
+def test_random_presets_start_with_a_trainable_vision_tower(preset, std):
+    """BLIP-2's vision default (std 1e-10) is for loading pretrained weights; a tower trained from random needs more."""
     torch.manual_seed(0)
     vision = TinyGPTVForConditionalGeneration(preset_config(preset)).model.vision_model
     for weight in (vision.embeddings.patch_embedding.weight, vision.encoder.layers[0].self_attn.qkv.weight):
-        assert 0.01 < weight.std().item() < 0.03
+        assert weight.std().item() == pytest.approx(std, rel=0.1)
+
+
+def test_sincos_position_table_is_as_visible_as_the_patch_embeddings():
+    torch.manual_seed(0)
+    model = TinyGPTVForConditionalGeneration(preset_config("tiny-demo")).model
+    table = model.vision_model.embeddings.position_embedding[0].detach()
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    assert table.shape == (1 + grid * grid, model.config.vision_config.hidden_size)
+    assert torch.equal(table[0], torch.zeros_like(table[0]))
+    patches = table[1:].reshape(grid, grid, -1)
+    # Neighbours are closer than far-apart patches, along both axes: the table says where a patch is.
+    for near, far in ((patches[0, 1], patches[0, 7]), (patches[1, 0], patches[7, 0])):
+        assert (patches[0, 0] - near).norm() < (patches[0, 0] - far).norm()
+    assert len({tuple(row.tolist()) for row in table[1:]}) == grid * grid
+    pixels = torch.randn(4, 3, 224, 224)
+    patch_spread = model.vision_model.embeddings.patch_embedding(pixels).std().item()
+    assert 0.3 * patch_spread < table[1:].std().item() < 3 * patch_spread
+    # BLIP-2's random table, for contrast, is ~1% of the patch embeddings.
+    plain = TinyGPTVForConditionalGeneration(preset_config("tiny-demo", vision_position_init="normal")).model
+    assert plain.vision_model.embeddings.position_embedding.std().item() < 0.05 * patch_spread
+
+
+def test_sincos_init_does_not_overwrite_loaded_weights(tmp_path):
+    model = TinyGPTVForConditionalGeneration(preset_config("tiny-demo"))
+    with torch.no_grad():
+        model.model.vision_model.embeddings.position_embedding.mul_(-2)
+    model.save_pretrained(tmp_path)
+    loaded = TinyGPTVForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(
+        loaded.model.vision_model.embeddings.position_embedding, model.model.vision_model.embeddings.position_embedding
+    )
+
+
+def test_config_names_an_unknown_position_init():
+    with pytest.raises(ValueError, match="vision_position_init must be one of .*'learned'"):
+        preset_config("tiny", vision_position_init="learned")
 
 
 def test_tiny_tokenizer_has_one_token_per_box_coordinate():

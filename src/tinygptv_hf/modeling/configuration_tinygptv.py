@@ -14,6 +14,7 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
     "AutoModelForVision2Seq": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
 }
+VISION_POSITION_INITS = ("normal", "sincos")
 
 
 @strict
@@ -44,6 +45,10 @@ class TinyGPTVConfig(PreTrainedConfig):
     `vision_config` is a `Blip2VisionConfig` (EVA ViT-g), `qformer_config` a `Blip2QFormerConfig`, `text_config` a
     `TinyGPTVTextConfig`. The image becomes `num_query_tokens` LLM embeddings through
     `qformer -> Linear(qformer, projection_hidden_size) -> Linear(projection_hidden_size, text)`, with no activation.
+
+    `vision_position_init` only matters for a vision tower trained from random weights: `"normal"` is BLIP-2's small
+    random table; `"sincos"` starts it as a 2D sine-cosine table as large as a random patch embedding, so patches
+    know where they are from the first step (at BLIP-2's scale the position signal is ~1% of the patch embedding).
     """
 
     model_type = "tinygptv"
@@ -62,6 +67,7 @@ class TinyGPTVConfig(PreTrainedConfig):
     image_token_id: int = 50295
     stage: int = 0
     tie_word_embeddings: bool = False
+    vision_position_init: str = "normal"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -101,6 +107,12 @@ class TinyGPTVConfig(PreTrainedConfig):
                 f"num_query_tokens ({self.num_query_tokens}) leaves no room in the context of "
                 f"{text.max_position_embeddings} positions"
             )
+        if self.vision_position_init not in VISION_POSITION_INITS:
+            problems.append(
+                f"vision_position_init must be one of {VISION_POSITION_INITS}, got {self.vision_position_init!r}"
+            )
+        if self.vision_position_init == "sincos" and vision.hidden_size % 4:
+            problems.append(f"a sincos position table needs vision_config.hidden_size ({vision.hidden_size}) divisible by 4")
         if self.image_token_id < 0:
             problems.append(f"image_token_id must be a non-negative id, got {self.image_token_id}")
         if problems:

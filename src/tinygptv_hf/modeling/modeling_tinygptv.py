@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.initialization import normal_, trunc_normal_
+from transformers.initialization import copy_, normal_
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     BaseModelOutputWithPooling,
@@ -22,7 +22,6 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.blip_2.modeling_blip_2 import (
     Blip2QFormerModel,
-    Blip2VisionEmbeddings,
     Blip2VisionModel,
 )
 from transformers.utils import logging
@@ -113,13 +112,27 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
         return model
 
     def _init_weights(self, module):
+        """The vision tower and Q-Former are sub-models that initialise themselves first (with their own configs'
+        ranges); what is left here is the query tokens and, on request, the vision position table."""
         super()._init_weights(module)
-        std = self.config.text_config.initializer_range
-        if isinstance(module, Blip2VisionEmbeddings):
-            trunc_normal_(module.position_embedding, mean=0.0, std=std)
-            trunc_normal_(module.class_embedding, mean=0.0, std=std)
-        elif isinstance(module, TinyGPTVModel):
-            normal_(module.query_tokens, mean=0.0, std=std)
+        if isinstance(module, TinyGPTVModel):
+            normal_(module.query_tokens, mean=0.0, std=self.config.text_config.initializer_range)
+            if self.config.vision_position_init == "sincos":
+                copy_(module.vision_model.embeddings.position_embedding, sincos_position_table(self.config.vision_config))
+
+
+def sincos_position_table(vision_config) -> torch.Tensor:
+    """A (1, 1 + patches, hidden) table: zero for the class token, then x and y each in sine-cosine pairs over a
+    quarter of the channels, scaled to the standard deviation a random patch embedding has on unit-variance pixels
+    (`initializer_range * sqrt(3 * patch**2)`), so position is as visible as content from the start."""
+    grid = vision_config.image_size // vision_config.patch_size
+    quarter = vision_config.hidden_size // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, columns = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = [axis.flatten().float()[:, None] * frequencies for axis in (columns, rows)]
+    table = torch.cat([part for angle in angles for part in (angle.sin(), angle.cos())], dim=1)
+    scale = vision_config.initializer_range * (3 * vision_config.patch_size**2) ** 0.5
+    return torch.cat([torch.zeros(1, vision_config.hidden_size), scale * table])[None]
 
 
 class TinyGPTVModel(TinyGPTVPreTrainedModel):
