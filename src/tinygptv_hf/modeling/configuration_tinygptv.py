@@ -112,7 +112,9 @@ class TinyGPTVConfig(PreTrainedConfig):
                 f"vision_position_init must be one of {VISION_POSITION_INITS}, got {self.vision_position_init!r}"
             )
         if self.vision_position_init == "sincos" and vision.hidden_size % 4:
-            problems.append(f"a sincos position table needs vision_config.hidden_size ({vision.hidden_size}) divisible by 4")
+            problems.append(
+                f"a sincos position table needs vision_config.hidden_size ({vision.hidden_size}) divisible by 4"
+            )
         if self.image_token_id < 0:
             problems.append(f"image_token_id must be a non-negative id, got {self.image_token_id}")
         if problems:

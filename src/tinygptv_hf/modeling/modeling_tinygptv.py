@@ -118,7 +118,8 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
         if isinstance(module, TinyGPTVModel):
             normal_(module.query_tokens, mean=0.0, std=self.config.text_config.initializer_range)
             if self.config.vision_position_init == "sincos":
-                copy_(module.vision_model.embeddings.position_embedding, sincos_position_table(self.config.vision_config))
+                table = sincos_position_table(self.config.vision_config)
+                copy_(module.vision_model.embeddings.position_embedding, table)
 
 
 def sincos_position_table(vision_config) -> torch.Tensor:
