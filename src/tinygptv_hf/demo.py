@@ -58,7 +58,7 @@ QUICK = DemoSize(
 )
 
 
-# `tiny` with 28-px patches and cross-attention in both Q-Former layers (see presets.py): same structure, learns faster.
+# `tiny`'s structure, set up to learn from random weights within the demo's minutes (see presets.py).
 DEMO_PRESET = "tiny-demo"
 
 
