@@ -84,3 +84,12 @@ def test_eval_harness_runs_on_the_demo_held_out_sets(demo, tmp_path):
     assert sorted(report["results"]) == ["gqa", "refcoco:val"]
     assert len(report["predictions"]) == 12
     assert report["model_index"][0]["results"]
+
+
+def test_demo_refuses_a_folder_that_already_holds_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    command = [sys.executable, "-m", "tinygptv_hf.cli", "demo", "--quick", "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert f"demo output folder {tmp_path} is not empty" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]

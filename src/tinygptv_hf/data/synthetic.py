@@ -182,7 +182,10 @@ def _write_refer(folder, train, held_out, image_dir):
         os.path.join(folder, "instances.json"),
         {"images": image_entries, "annotations": annotations, "categories": categories},
     )
-    os.symlink(os.path.relpath(image_dir, folder), os.path.join(folder, "images"))
+    link = os.path.join(folder, "images")
+    if os.path.islink(link):  # a world rewritten in place
+        os.remove(link)
+    os.symlink(os.path.relpath(image_dir, folder), link)
     return {"refer_root": os.path.dirname(folder), "refcoco_eval_split": "val"}
 
 
