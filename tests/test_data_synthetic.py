@@ -45,9 +45,13 @@ def test_scenes_are_unambiguous_and_inside_the_image():
         scene = scenes.make_scene(rng, image_id, 224)
         assert 1 <= len(scene.shapes) <= 3
         assert len({s.colour for s in scene.shapes}) == len({s.kind for s in scene.shapes}) == len(scene.shapes)
+        cells = set()
         for shape in scene.shapes:
             x, y, w, h = shape.box
-            assert 0 <= x and x + w <= 224 and 0 <= y and y + h <= 224 and w >= int(0.28 * 224)
+            assert 0 <= x and x + w <= 224 and 0 <= y and y + h <= 224 and w == h == 63
+            assert x in (6, 80, 155) and y in (6, 80, 155)  # centred in a cell of the 3x3 grid
+            cells.add((x, y))
+        assert len(cells) == len(scene.shapes)
         for _, question, answer in scenes.questions(scene, rng):
             assert answer in scenes.VQA_ANSWERS, question
 
@@ -93,12 +97,15 @@ def test_held_out_sets_use_only_held_out_images(world):
 
 def test_captions_descriptions_and_grounded_captions_name_shapes_left_to_right():
     shapes = (
-        scenes.Shape("red", "circle", (150, 20, 60, 60)),
-        scenes.Shape("blue", "square", (10, 120, 70, 70)),
-        scenes.Shape("green", "triangle", (85, 60, 60, 60)),
+        scenes.Shape("red", "circle", (155, 6, 63, 63)),
+        scenes.Shape("blue", "square", (6, 155, 63, 63)),
+        scenes.Shape("green", "triangle", (80, 80, 63, 63)),
     )
     scene = scenes.Scene(image_id=1, size=224, background="grey", shapes=shapes)
-    assert scenes.caption(scene) == "a blue square, a green triangle and a red circle on a grey background"
+    assert scenes.caption(scene) == (
+        "a blue square in the bottom left, a green triangle in the centre and a red circle in the top right"
+        " on a grey background"
+    )
     description = scenes.description(scene)
     assert description.index("blue square") < description.index("green triangle") < description.index("red circle")
     grounded = scenes.grounded_caption(scene)

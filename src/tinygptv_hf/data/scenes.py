@@ -3,6 +3,7 @@ about it (captions, descriptions, questions, referring expressions, grounded cap
 
 Every image holds distinct colours and distinct shapes, so "the red circle", "what colour is the square?" and
 "what shape is the blue object?" always have exactly one answer; VQA answers come from a closed set of 14 words.
+Shapes sit in the cells of a 3x3 grid, so "top left" names exactly one place and a box is one of nine.
 """
 
 import io
@@ -22,6 +23,8 @@ BACKGROUNDS = {
     "pale pink": (250, 215, 225),
 }
 COUNT_WORDS = {1: "1", 2: "2", 3: "3"}
+GRID = 3
+SHAPE_SIDE = 0.28
 QUESTION_TYPES = ("colour", "shape", "count", "exist", "position")
 VQA_ANSWERS = (*COLOURS, *SHAPES, *COUNT_WORDS.values(), "yes", "no", "left", "right")
 
@@ -51,22 +54,20 @@ class Scene:
 
 
 def make_scene(rng: random.Random, image_id: int, size: int = 224) -> Scene:
-    """A random scene; shapes are large (28-40% of the side) and never overlap."""
+    """A random scene: each shape fills 28% of the side, centred in its own cell of a 3x3 grid.
+
+    Fixed places make every box coordinate one of three numbers. With free placement each coordinate was a
+    101-way guess that the demo's two-layer model never learned in its minutes (12% of boxes at IoU >= 0.5).
+    """
     count = rng.randint(1, 3)
     colours = rng.sample(list(COLOURS), count)
     kinds = rng.sample(SHAPES, count)
-    boxes: list[tuple[int, int, int, int]] = []
-    for _ in range(200):
-        if len(boxes) == count:
-            break
-        side = rng.randint(int(0.28 * size), int(0.40 * size))
-        x, y = rng.randint(2, size - side - 2), rng.randint(2, size - side - 2)
-        if all(
-            x + side + 4 <= bx or bx + bw + 4 <= x or y + side + 4 <= by or by + bh + 4 <= y
-            for bx, by, bw, bh in boxes
-        ):
-            boxes.append((x, y, side, side))
-    shapes = tuple(Shape(c, k, b) for c, k, b in zip(colours, kinds, boxes, strict=False))
+    side = round(SHAPE_SIDE * size)
+    boxes = []
+    for cell in rng.sample(range(GRID * GRID), count):
+        centre_x, centre_y = ((cell % GRID + 0.5) * size / GRID, (cell // GRID + 0.5) * size / GRID)
+        boxes.append((round(centre_x - side / 2), round(centre_y - side / 2), side, side))
+    shapes = tuple(Shape(c, k, b) for c, k, b in zip(colours, kinds, boxes, strict=True))
     return Scene(image_id, size, rng.choice(list(BACKGROUNDS)), shapes)
 
 
@@ -105,7 +106,10 @@ def left_to_right(scene: Scene) -> list[Shape]:
 
 
 def caption(scene: Scene) -> str:
-    return f"{_join([f'a {s.name}' for s in left_to_right(scene)])} on a {scene.background} background"
+    """``a red circle in the top left and a blue square in the centre on a white background``: the places teach
+    the vision side, in the stages that train it, where each shape is (later stages freeze it)."""
+    shapes = [f"a {s.name} in the {_place(s, scene.size)}" for s in left_to_right(scene)]
+    return f"{_join(shapes)} on a {scene.background} background"
 
 
 def description(scene: Scene) -> str:
