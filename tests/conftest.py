@@ -1,4 +1,13 @@
-"""Shared fixtures: one tiny checkpoint per test session, written by the same code as `tinygptv init --preset tiny`."""
+"""Shared fixtures: one tiny checkpoint per test session, written by the same code as `tinygptv init --preset tiny`.
+
+Also a guard: the suite must run from a clone alone, so reading a folder beside the repository (such as the
+project's `../shared`) fails the test that does it.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from core_support import random_image
@@ -34,3 +43,31 @@ def image_files(tmp_path_factory):
         random_image(seed, *size).save(path)
         paths.append(path)
     return paths
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _folders_beside_repository() -> list[Path]:
+    """Siblings of the clone, less any that hold the interpreter, the temp folder or the home folder."""
+    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, tempfile.gettempdir(), Path.home())]
+    siblings = [p.resolve() for p in REPO_ROOT.parent.iterdir() if p.is_dir() and p.resolve() != REPO_ROOT]
+    return [p for p in siblings if not any(n == p or p in n.parents or n in p.parents for n in needed)]
+
+
+def _refuse_reads_outside_repository(forbidden: list[Path]):
+    def hook(event: str, args: tuple) -> None:
+        if event not in ("open", "os.listdir", "os.scandir") or not args or not isinstance(args[0], (str, bytes, Path)):
+            return
+        path = os.fsdecode(args[0])
+        if not os.path.isabs(path):
+            path = os.path.join(os.getcwd(), path)
+        path = Path(os.path.normpath(path))
+        for folder in forbidden:
+            if path == folder or folder in path.parents:
+                raise PermissionError(f"A test read {path}, outside the repository; ship what it needs inside it")
+
+    return hook
+
+
+sys.addaudithook(_refuse_reads_outside_repository(_folders_beside_repository()))

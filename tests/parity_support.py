@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tinygptv_hf import TinyGPTVConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "parity" / "original"
+DEFAULT_ROOT = REPO_ROOT / "tests" / "fixtures" / "parity" / "original"
 
 
 def fixture_root() -> Path:
