@@ -172,6 +172,10 @@ def _ranked(model, processor, batch, pictures, prompts) -> list[dict]:
     return outputs
 
 
+def _generation(text: str) -> dict:
+    return {"generation": text, "answer": clean_answer(text)}
+
+
 def _generated(model, processor, benchmark, pictures, prompts, max_new_tokens) -> list[dict]:
     """Each mode's generation; the paper mode reruns only the images whose pixels differ from the standard's."""
     texts, logits = _generate(
@@ -195,11 +199,8 @@ def _generated(model, processor, benchmark, pictures, prompts, max_new_tokens) -
         for index, text in zip(differing, rerun, strict=True):
             paper_texts[index] = text
     outputs = [
-        {
-            mode: {"generation": text, "answer": clean_answer(text)}
-            for mode, text in zip(MODES, pair, strict=True)
-        }
-        for pair in zip(paper_texts, texts, strict=True)
+        {"paper": _generation(paper), "standard": _generation(standard)}
+        for paper, standard in zip(paper_texts, texts, strict=True)
     ]
     if benchmark.auroc:
         probabilities = yes_probabilities(logits, *yes_no_token_ids(processor.tokenizer))
