@@ -3,9 +3,14 @@
 import evaluate
 import pytest
 
-from tinygptv_hf.evaluation import METRICS_DIR, clean_answer, load_metric, original_cleanup
+from tinygptv_hf.evaluation import METRICS_DIR, clean_answer, load_metric, original_cleanup, roc_auc
 from tinygptv_hf.evaluation.answers import box_iou
-from tinygptv_hf.evaluation.vqa_normalization import normalize_answer, vqa_accuracy
+from tinygptv_hf.evaluation.vqa_normalization import (
+    CONTRACTIONS,
+    OFFICIAL_CONTRACTIONS,
+    normalize_answer,
+    vqa_accuracy,
+)
 
 
 def scores(name, predictions, references):
@@ -48,9 +53,63 @@ def test_vizwiz_paper_counts_an_empty_answer_fully_correct():
     assert paper_scores == pytest.approx([1.0, 1.0, 2 / 3, 1.0])
     assert paper_accuracy == pytest.approx(100 * (3 + 2 / 3) / 4)
     standard_accuracy, standard_scores = results["standard"]
-    # VQA accuracy: 3 of 10 agree -> (3 * 2/3 + 7 * 1) / 10 = 0.9; "x_y" normalises to "x y".
-    assert standard_scores == pytest.approx([0.0, 0.9, 0.0, 0.9])
-    assert standard_accuracy == pytest.approx(45.0)
+    # VQA accuracy: 3 of 10 agree -> (3 * 2/3 + 7 * 1) / 10 = 0.9; the reference "x_y" is never normalised.
+    assert standard_scores == pytest.approx([0.0, 0.9, 0.0, 0.0])
+    assert standard_accuracy == pytest.approx(22.5)
+
+
+def test_vizwiz_standard_is_the_vizwiz_scripts_rule():
+    """The VizWiz API's vqaEval normalises the answer only; references count exactly as the annotators wrote
+    them, and its contraction table turns "dont" into "don’t"."""
+    references = [
+        ["Coca-Cola"] * 5 + ["coke"] * 5,
+        ["coca cola"] * 5 + ["coke"] * 5,
+        ["dont know"] * 10,
+        ["don’t know"] * 10,
+        ["2"] * 4 + ["two"] * 6,
+    ]
+    predictions = ["coca cola", "Coca-Cola.", "dont know", "Dont know", "Two"]
+    _, standard_scores = scores("vizwiz", predictions, references)["standard"]
+    # "coca cola" never equals "Coca-Cola"; "Coca-Cola." normalises to "coca cola" (5 of the others: 1);
+    # "dont" becomes "don’t", which matches only a reference written so; "Two" becomes "2" (4 matches: 1).
+    assert standard_scores == pytest.approx([0.0, 1.0, 0.0, 1.0, 1.0])
+
+
+def test_hateful_memes_standard_reports_auroc_from_the_yes_probabilities():
+    predictions, labels = ["yes", "no", "yes", "no", "no"], [1, 0, 0, 1, 0]
+    probabilities = [0.9, 0.2, 0.6, 0.6, 0.1]
+    result = load_metric("hateful_memes", "standard").compute(
+        predictions=predictions, references=labels, yes_probabilities=probabilities
+    )
+    # Positives 0.9 and 0.6 against negatives 0.2, 0.6, 0.1: 5 wins and 1 tie of 6 pairs.
+    assert result["roc_auc"] == pytest.approx(5.5 / 6)
+    assert result["accuracy"] == pytest.approx(60.0)
+    one_class = load_metric("hateful_memes", "standard").compute(
+        predictions=["yes"], references=[1], yes_probabilities=[0.7]
+    )
+    assert one_class["roc_auc"] is None
+    assert "roc_auc" not in load_metric("hateful_memes", "standard").compute(
+        predictions=["no"], references=[0]
+    )
+    with pytest.raises(ValueError, match="standard mode only"):
+        load_metric("hateful_memes", "paper").compute(
+            predictions=["no"], references=[0], yes_probabilities=[0.1]
+        )
+
+
+def test_roc_auc_is_the_pairwise_ranking_probability():
+    labels = [1, 0, 1, 1, 0, 0, 1, 0, 0, 1]
+    scores_ = [0.3, 0.3, 0.8, 0.1, 0.5, 0.5, 0.5, 0.05, 0.9, 0.3]
+    positives = [score for score, label in zip(scores_, labels, strict=True) if label]
+    negatives = [score for score, label in zip(scores_, labels, strict=True) if not label]
+    pairs = [(p, n) for p in positives for n in negatives]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert roc_auc(labels, scores_) == pytest.approx(expected)
+    assert roc_auc([0, 1], [0.2, 0.4]) == 1.0 and roc_auc([1, 0], [0.2, 0.4]) == 0.0
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        roc_auc([1, 1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="Labels must be 0 or 1"):
+        roc_auc([2, 0], [0.1, 0.2])
 
 
 def test_hateful_memes_paper_reads_any_no_inside_a_word():
@@ -114,6 +173,12 @@ def test_vqa_normalisation():
     assert normalize_answer("Two dogs.") == "2 dogs"
     assert normalize_answer("The cat's toy!") == "cat's toy"
     assert normalize_answer("dont  know\n") == "don't know"
+    assert normalize_answer("dont  know\n", OFFICIAL_CONTRACTIONS) == "don’t know"
+    # MiniGPT-4's copy, which the original harness uses, is the official table with every ’ typed as '.
+    assert CONTRACTIONS == {
+        k.replace("’", "'"): v.replace("’", "'") for k, v in OFFICIAL_CONTRACTIONS.items()
+    }
+    assert OFFICIAL_CONTRACTIONS["couldnt’ve"] == "couldn’t’ve" and OFFICIAL_CONTRACTIONS["weve"] == "we've"
     assert normalize_answer("1,000") == "1000"
     assert normalize_answer("x-ray") == "x ray"
     assert vqa_accuracy("2", ["2"] * 2 + ["3"] * 8) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)

@@ -1,4 +1,10 @@
-"""`tinygptv eval`: score a checkpoint on the paper's benchmarks (and OK-VQA, RefCOCO*) in both scoring modes."""
+"""`tinygptv eval`: score a checkpoint on the paper's benchmarks (and OK-VQA, RefCOCO*) in both scoring modes.
+
+Every file the run needs is checked before the model loads; each finished batch is saved to a predictions file
+(JSON lines) at once, and `--resume` continues an interrupted run from it."""
+
+import sys
+from pathlib import Path
 
 from ..evaluation.benchmarks import BENCHMARKS, PAPER_BENCHMARKS
 
@@ -10,7 +16,7 @@ def add_parser(subparsers):
         "eval",
         help="evaluate a checkpoint on benchmarks, scored by the original harness's rules and the official ones",
         description=(
-            "Each benchmark is read from DATA_DIR/<name>/ (annotation files and an images/ folder). "
+            "Each benchmark is read from DATA_DIR/<name>/ holding its files as released (docs/evaluation.md). "
             f"Names: {', '.join(BENCHMARKS)}; add :SPLIT for another split (refcoco:testA)."
         ),
     )
@@ -22,6 +28,16 @@ def add_parser(subparsers):
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--output", default="eval_results.json", help="results file with every prediction")
     parser.add_argument(
+        "--predictions",
+        help="JSON-lines file each finished item is saved to as the run goes (default: OUTPUT with the suffix "
+        ".predictions.jsonl)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in the predictions file: items already there are not run again",
+    )
+    parser.add_argument(
         "--model-name", help="name in the model-index block (default: MODEL's last path part)"
     )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -30,39 +46,44 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from ..evaluation import MODES, evaluate_benchmark, parse_benchmarks, write_results
-
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}.")
-    selected = parse_benchmarks(args.benchmark)
-    data_dir = Path(args.data_dir)
-    datasets = [
-        (benchmark, split, benchmark.load(data_dir / benchmark.name, split)) for benchmark, split in selected
-    ]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(
-        device
+    from ..evaluation import (
+        MODES,
+        PredictionLog,
+        benchmark_result,
+        load_benchmarks,
+        parse_benchmarks,
+        result_key,
+        write_results,
     )
-    model.eval()
-    processor = AutoProcessor.from_pretrained(args.model)
 
-    runs = [
-        evaluate_benchmark(
-            model,
-            processor,
-            benchmark,
-            split,
-            samples[: args.limit],
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-        )
-        for benchmark, split, samples in datasets
-    ]
+    for name in ("limit", "batch_size", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+    inputs = load_benchmarks(parse_benchmarks(args.benchmark), Path(args.data_dir), args.limit)
+    model_path = Path(args.model)
+    settings = {
+        "model": str(model_path.resolve()) if model_path.exists() else args.model,
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+    predictions = Path(args.predictions or Path(args.output).with_suffix(".predictions.jsonl"))
+    with PredictionLog.open(predictions, settings, resume=args.resume) as log:
+        done = {result_key(b, split): log.finished(b, split, samples) for b, split, samples in inputs}
+        if any(len(done[result_key(b, split)]) < len(samples) for b, split, samples in inputs):
+            try:
+                _predict(args, inputs, done, log)
+            except KeyboardInterrupt:
+                print(
+                    f"\nInterrupted: {len(log.records)} items are saved in {predictions}; run the same command "
+                    "with --resume to continue.",
+                    file=sys.stderr,
+                )
+                return 130
+        runs = [
+            benchmark_result(b, split, log.records_for(b, split, samples)) for b, split, samples in inputs
+        ]
     settings = {
         "decoding": "greedy",
         "max_new_tokens": args.max_new_tokens,
@@ -70,12 +91,45 @@ def run(args):
         "limit": args.limit,
         "dtype": args.dtype,
     }
-    write_results(args.output, args.model_name or Path(args.model).name, settings, runs)
-    print(f"{'benchmark':<16}{'samples':>8}" + "".join(f"{mode:>10}" for mode in MODES))
+    write_results(args.output, args.model_name or model_path.name, settings, runs)
+    print(f"{'benchmark':<16}{'samples':>8}" + "".join(f"{mode:>10}" for mode in MODES) + f"{'AUROC':>8}")
     for run_result in runs:
         summary = run_result["summary"]
         scores = "".join(f"{summary[mode]['accuracy']:>10.2f}" for mode in MODES)
-        print(f"{run_result['key']:<16}{summary['num_samples']:>8}{scores}")
+        auroc = summary["standard"].get("roc_auc")
+        print(
+            f"{run_result['key']:<16}{summary['num_samples']:>8}{scores}"
+            + ("" if auroc is None else f"{auroc:>8.4f}")
+        )
     print(
-        f"paper = the original harness's rules (quirks included); standard = the official rules. Wrote {args.output}"
+        "paper = the original harness's rules (quirks included); standard = the official rules, which add "
+        f"Hateful Memes' AUROC. Wrote {args.output}; every item's output is in {predictions}"
     )
+
+
+def _predict(args, inputs, done, log):
+    """Run every item not saved yet, saving each batch as it finishes."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..evaluation import predict_batches, result_key
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(
+        device
+    )
+    model.eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    for benchmark, split, samples in inputs:
+        batches = predict_batches(
+            model,
+            processor,
+            benchmark,
+            split,
+            samples,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            skip=done[result_key(benchmark, split)],
+        )
+        for records in batches:
+            log.append(records)

@@ -8,7 +8,10 @@ line stays quick for every other subcommand.
 import importlib
 
 from .answers import clean_answer, original_cleanup
+from .auroc import roc_auc
 from .benchmarks import BENCHMARKS, PAPER_BENCHMARKS, Benchmark, parse_benchmarks, result_key
+from .prediction_log import PredictionLog
+from .preflight import load_benchmarks
 from .prompts import generation_prompt, ranking_prompt
 from .samples import Sample
 
@@ -20,10 +23,14 @@ _LAZY = {
     "eval_results": "results",
     "model_index": "results",
     "write_results": "results",
+    "RANKING_END_SYMBOLS": "runner",
+    "benchmark_result": "runner",
     "choice_losses": "runner",
     "evaluate_benchmark": "runner",
     "generate_answers": "runner",
+    "mode_images": "runner",
     "predict": "runner",
+    "predict_batches": "runner",
     "score": "runner",
 }
 
@@ -38,12 +45,15 @@ __all__ = [
     "BENCHMARKS",
     "PAPER_BENCHMARKS",
     "Benchmark",
+    "PredictionLog",
     "Sample",
     "clean_answer",
     "generation_prompt",
+    "load_benchmarks",
     "original_cleanup",
     "parse_benchmarks",
     "ranking_prompt",
     "result_key",
+    "roc_auc",
     *_LAZY,
 ]

@@ -12,6 +12,9 @@ from .samples import Sample
 
 @dataclass(frozen=True)
 class Benchmark:
+    """`ranking`: answers are chosen among `Sample.choices` by likelihood instead of generated; `auroc`: the
+    standard mode also scores the area under the ROC curve of P(yes) against P(no) at the answer position."""
+
     name: str
     title: str
     load: Callable[[Path, str], list[Sample]]
@@ -21,6 +24,7 @@ class Benchmark:
     task_type: str = "visual-question-answering"
     task_name: str = "Visual Question Answering"
     ranking: bool = False
+    auroc: bool = False
 
     def prompt(self, sample: Sample) -> str:
         return (ranking_prompt if self.ranking else generation_prompt)(sample.question)
@@ -37,7 +41,8 @@ BENCHMARKS = {
         Benchmark("vsr", "VSR (zero-shot)", loaders.load_vsr, ("test",), "vsr", "cambridgeltl/vsr_zeroshot"),
         Benchmark("iconqa", "IconQA (choose_txt)", loaders.load_iconqa, ("val",), "iconqa", "iconqa", ranking=True),
         Benchmark("vizwiz", "VizWiz VQA", loaders.load_vizwiz, ("val",), "vizwiz", "vizwiz"),
-        Benchmark("hm", "Hateful Memes", loaders.load_hateful_memes, ("dev",), "hateful_memes", "hateful_memes"),
+        Benchmark("hm", "Hateful Memes", loaders.load_hateful_memes, ("dev",), "hateful_memes", "hateful_memes",
+                  auroc=True),
         Benchmark("okvqa", "OK-VQA", loaders.load_okvqa, ("val",), "okvqa", "ok_vqa"),
         Benchmark("refcoco", "RefCOCO", loaders.refcoco_loader("refs(unc).p"), ("val", "testA", "testB"),
                   dataset_type="refcoco", **_REFERRING),

@@ -18,9 +18,11 @@ _INPUTS = """
 Args:
     predictions: raw generations (or, for likelihood ranking, the chosen choice index).
     references: the benchmark's ground truth for each prediction.
+    yes_probabilities: (Hateful Memes, standard mode only) each item's P(yes) / (P(yes) + P(no)).
 Returns:
     accuracy: mean per-sample score in percent (a paper-mode VSR sample can score 2, so it can exceed 100).
     scores: the per-sample scores.
+    roc_auc: (Hateful Memes, given yes_probabilities) the area under the ROC curve, 0 to 1.
 """
 
 

@@ -2,6 +2,7 @@
 model card carries. Both modes are reported side by side, each labelled, never merged into one number."""
 
 import json
+import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult
@@ -14,11 +15,14 @@ MODE_TITLES = {"paper": "paper scoring (original harness)", "standard": "standar
 
 
 def eval_results(summaries: dict[str, dict]) -> list[EvalResult]:
-    """One `EvalResult` per benchmark split and scoring mode; the mode is the metric's `config`."""
+    """One `EvalResult` per benchmark split, scoring mode and metric; the mode is the metric's `config`."""
     results = []
     for summary in summaries.values():
         benchmark = BENCHMARKS[summary["benchmark"]]
-        for mode in MODES:
+        metrics = [(mode, "accuracy", "Accuracy", 2) for mode in MODES]
+        if summary["standard"].get("roc_auc") is not None:
+            metrics.append(("standard", "roc_auc", "AUROC", 4))
+        for mode, metric, title, digits in metrics:
             results.append(
                 EvalResult(
                     task_type=benchmark.task_type,
@@ -26,9 +30,9 @@ def eval_results(summaries: dict[str, dict]) -> list[EvalResult]:
                     dataset_type=benchmark.dataset_type,
                     dataset_name=benchmark.title,
                     dataset_split=summary["split"],
-                    metric_type="accuracy",
-                    metric_value=round(summary[mode]["accuracy"], 2),
-                    metric_name=f"Accuracy, {MODE_TITLES[mode]}",
+                    metric_type=metric,
+                    metric_value=round(summary[mode][metric], digits),
+                    metric_name=f"{title}, {MODE_TITLES[mode]}",
                     metric_config=mode,
                 )
             )
@@ -41,7 +45,8 @@ def model_index(model_name: str, summaries: dict[str, dict]) -> list[dict]:
 
 
 def write_results(path, model_name: str, settings: dict, runs: list[dict]) -> dict:
-    """Write (and return) the results file: settings, per-benchmark summaries, model-index and every prediction."""
+    """Write (and return) the results file: settings, per-benchmark summaries, model-index and every prediction.
+    It is written beside its final name and then renamed, so an interrupted write never leaves half a file."""
     summaries = {run["key"]: run["summary"] for run in runs}
     document = {
         "model": model_name,
@@ -52,5 +57,7 @@ def write_results(path, model_name: str, settings: dict, runs: list[dict]) -> di
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
     return document

@@ -1,20 +1,29 @@
-"""Running a model over a benchmark: batched greedy generation, or likelihood ranking of choices, then both
-scoring modes.
+"""Running a model over a benchmark: batched greedy generation, or likelihood ranking of choices, for each
+scoring mode, then both modes' metrics.
 
 Decoding is the original harness's: greedy, 20 new tokens, stopping only at the end-of-text token (the
 checkpoint's own stop string is switched off, because the paper rules read past it). Ranking scores each
 (sample, choice) pair by its own mean token loss, so a batch gives the answers batch size 1 gives; the original
 compared batch-mean losses, which is only right at batch size 1.
+
+The two modes can feed the model different inputs. `paper` reads each image as the original's datasets did,
+`Image.open(path).convert("RGB")`, so a photo's EXIF orientation is ignored; `standard` reads it as the processor
+does, turned upright by its EXIF orientation (16-bit grey scaled rather than clipped). A generation is run once
+when both modes' pixels agree (most images carry no orientation) and twice otherwise. IconQA's choices are ranked
+followed by the end symbol `RANKING_END_SYMBOLS` gives each mode (docs/evaluation.md says why they differ).
 """
 
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from itertools import islice
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from ..processors.image_processing_tinygptv import load_image
+from ..processors.image_processing_tinygptv import load_image, to_rgb
 from ..processors.templates import END_SYMBOL
 from .answers import clean_answer
 from .benchmarks import Benchmark, result_key
@@ -22,6 +31,12 @@ from .metric_base import MODES, load_metric
 from .samples import Sample
 
 MAX_NEW_TOKENS = 20
+# paper: the original's benchmark config sets no end_sym, so its model falls back to "\n" (multi_select ranks
+# `choice + "\n"`); standard: the stage-4 end symbol, which the checkpoint was trained to put after an answer.
+RANKING_END_SYMBOLS = {"paper": "\n", "standard": END_SYMBOL}
+# Single-token spellings of the Hateful Memes answers whose probability the AUROC compares.
+YES_FORMS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_FORMS = ("no", "No", "NO", " no", " No", " NO")
 
 
 def harness_generation_config(model, processor, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationConfig:
@@ -46,6 +61,17 @@ def _generation_defaults(model, config: GenerationConfig):
         model.generation_config = saved
 
 
+def mode_images(path) -> dict[str, Image.Image]:
+    """The picture each scoring mode feeds the model. `paper` is rebuilt from the decoded pixels so that it
+    carries no EXIF block: `convert` copies the block along, and the processor would then turn the image."""
+    image = load_image(path)
+    return {"paper": Image.fromarray(np.asarray(image.convert("RGB"))), "standard": to_rgb(image)}
+
+
+def _same_pixels(first: Image.Image, second: Image.Image) -> bool:
+    return np.array_equal(np.asarray(first), np.asarray(second))
+
+
 def _model_inputs(model, processor, images, prompts):
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True).to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -53,20 +79,47 @@ def _model_inputs(model, processor, images, prompts):
 
 
 @torch.no_grad()
-def generate_answers(model, processor, images, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Raw generations (special tokens skipped, nothing cut) for a batch of left-padded prompts."""
+def _generate(model, processor, images, prompts, max_new_tokens: int, first_logits: bool = False):
+    """Raw generations and, when asked, the logits of the first generated position."""
     inputs = _model_inputs(model, processor, images, prompts)
     with _generation_defaults(model, harness_generation_config(model, processor, max_new_tokens)):
-        output = model.generate(**inputs)
-    return processor.tokenizer.batch_decode(
-        output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        output = model.generate(**inputs, output_logits=first_logits, return_dict_in_generate=True)
+    texts = processor.tokenizer.batch_decode(
+        output.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )
+    return texts, output.logits[0].float() if first_logits else None
+
+
+def generate_answers(model, processor, images, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+    """Raw generations (special tokens skipped, nothing cut) for a batch of left-padded prompts."""
+    return _generate(model, processor, images, prompts, max_new_tokens)[0]
+
+
+def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The token ids of the single-token spellings of "yes" and of "no"."""
+
+    def single_tokens(forms):
+        ids = (tokenizer(form, add_special_tokens=False)["input_ids"] for form in forms)
+        return sorted({token[0] for token in ids if len(token) == 1})
+
+    yes, no = single_tokens(YES_FORMS), single_tokens(NO_FORMS)
+    if not yes or not no:
+        raise ValueError("The tokenizer has no single token for 'yes' or for 'no'; AUROC cannot be scored.")
+    return yes, no
+
+
+def yes_probabilities(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> list[float]:
+    """P(yes) / (P(yes) + P(no)) per row of answer-position logits, each word's spellings summed."""
+    difference = torch.logsumexp(logits[:, yes_ids], dim=1) - torch.logsumexp(logits[:, no_ids], dim=1)
+    return torch.sigmoid(difference).tolist()
 
 
 @torch.no_grad()
-def choice_losses(model, processor, images, prompts, choices: list[tuple[str, ...]]) -> list[list[float]]:
-    """Mean token loss of `choice + ###` after `BOS + prompt`, as the original's training-style forward, for every
-    choice of every sample. Rows are right-padded so that padding never moves a token's position."""
+def choice_losses(
+    model, processor, images, prompts, choices: list[tuple[str, ...]], end_symbol: str
+) -> list[list[float]]:
+    """Mean token loss of `choice + end_symbol` after `BOS + prompt`, as the original's training-style forward,
+    for every choice of every sample. Rows are right-padded so that padding never moves a token's position."""
     tokenizer = processor.tokenizer
     inputs = _model_inputs(model, processor, images, prompts)
     prefix = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
@@ -74,7 +127,7 @@ def choice_losses(model, processor, images, prompts, choices: list[tuple[str, ..
     for index, sample_choices in enumerate(choices):
         prompt_ids = prefix + inputs["input_ids"][index][inputs["attention_mask"][index].bool()].tolist()
         for choice in sample_choices:
-            choice_ids = tokenizer(choice + END_SYMBOL, add_special_tokens=False)["input_ids"]
+            choice_ids = tokenizer(choice + end_symbol, add_special_tokens=False)["input_ids"]
             rows.append(prompt_ids + choice_ids)
             targets.append([-100] * len(prompt_ids) + choice_ids)
             owners.append(index)
@@ -102,89 +155,149 @@ def choice_losses(model, processor, images, prompts, choices: list[tuple[str, ..
     return losses
 
 
-def _batches(items, size: int):
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+def _ranked(model, processor, batch, pictures, prompts) -> list[dict]:
+    """Each mode's choice losses and the lowest-loss choice."""
+    choices = [sample.choices for sample in batch]
+    outputs = [{} for _ in batch]
+    for mode in MODES:
+        images = [picture[mode] for picture in pictures]
+        losses = choice_losses(model, processor, images, prompts, choices, RANKING_END_SYMBOLS[mode])
+        for output, sample, sample_losses in zip(outputs, batch, losses, strict=True):
+            chosen = min(range(len(sample_losses)), key=sample_losses.__getitem__)
+            output[mode] = {
+                "chosen": chosen,
+                "answer": sample.choices[chosen],
+                "choice_losses": sample_losses,
+            }
+    return outputs
 
 
-def predict(
+def _generation(text: str) -> dict:
+    return {"generation": text, "answer": clean_answer(text)}
+
+
+def _generated(model, processor, benchmark, pictures, prompts, max_new_tokens) -> list[dict]:
+    """Each mode's generation; the paper mode reruns only the images whose pixels differ from the standard's."""
+    texts, logits = _generate(
+        model,
+        processor,
+        [p["standard"] for p in pictures],
+        prompts,
+        max_new_tokens,
+        first_logits=benchmark.auroc,
+    )
+    paper_texts = list(texts)
+    differing = [i for i, p in enumerate(pictures) if not _same_pixels(p["paper"], p["standard"])]
+    if differing:
+        rerun = generate_answers(
+            model,
+            processor,
+            [pictures[i]["paper"] for i in differing],
+            [prompts[i] for i in differing],
+            max_new_tokens,
+        )
+        for index, text in zip(differing, rerun, strict=True):
+            paper_texts[index] = text
+    outputs = [
+        {"paper": _generation(paper), "standard": _generation(standard)}
+        for paper, standard in zip(paper_texts, texts, strict=True)
+    ]
+    if benchmark.auroc:
+        probabilities = yes_probabilities(logits, *yes_no_token_ids(processor.tokenizer))
+        for output, probability in zip(outputs, probabilities, strict=True):
+            output["standard"]["yes_probability"] = probability
+    return outputs
+
+
+def predict_batches(
     model,
     processor,
     benchmark: Benchmark,
+    split: str,
     samples: list[Sample],
     batch_size: int = 10,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    skip: Collection[str] = (),
     progress: bool = True,
-    description: str | None = None,
-) -> list[dict]:
-    """One record per sample: the prompt, the raw generation and the processed answer; for ranking, the chosen
-    choice, its index and every choice's loss."""
+) -> Iterator[list[dict]]:
+    """The records of each batch as it is finished: the item, its prompt and references, and each mode's output
+    (generation and processed answer, or chosen choice and every choice's loss). Batches are always the same
+    stretches of `samples`; items whose question id is in `skip` are left out of theirs, so a resumed run puts
+    the remaining items in the batches the interrupted run would have."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    records = []
-    with tqdm(
-        total=len(samples), desc=description or benchmark.name, unit="sample", disable=not progress
-    ) as bar:
-        for batch in _batches(samples, batch_size):
-            images = [load_image(sample.image) for sample in batch]
+    key = result_key(benchmark, split)
+    iterator = iter(samples)
+    with tqdm(total=len(samples), desc=key, unit="sample", disable=not progress) as bar:
+        while stretch := list(islice(iterator, batch_size)):
+            batch = [sample for sample in stretch if sample.question_id not in skip]
+            bar.update(len(stretch) - len(batch))
+            if not batch:
+                continue
             prompts = [benchmark.prompt(sample) for sample in batch]
+            pictures = [mode_images(sample.image) for sample in batch]
             if benchmark.ranking:
-                losses = choice_losses(
-                    model, processor, images, prompts, [sample.choices for sample in batch]
-                )
-                records.extend(_ranking_record(*item) for item in zip(batch, prompts, losses, strict=True))
+                outputs = _ranked(model, processor, batch, pictures, prompts)
             else:
-                texts = generate_answers(model, processor, images, prompts, max_new_tokens)
-                records.extend(
-                    {"prompt": prompt, "generation": text, "answer": clean_answer(text)}
-                    for prompt, text in zip(prompts, texts, strict=True)
-                )
+                outputs = _generated(model, processor, benchmark, pictures, prompts, max_new_tokens)
+            yield [
+                {
+                    "benchmark": key,
+                    "question_id": sample.question_id,
+                    "prompt": prompt,
+                    "references": sample.reference,
+                    **({"choices": list(sample.choices)} if benchmark.ranking else {}),
+                    **output,
+                }
+                for sample, prompt, output in zip(batch, prompts, outputs, strict=True)
+            ]
             bar.update(len(batch))
-    return records
 
 
-def _ranking_record(sample: Sample, prompt: str, losses: list[float]) -> dict:
-    chosen = min(range(len(losses)), key=losses.__getitem__)
-    choice = sample.choices[chosen]
-    return {
-        "prompt": prompt,
-        "generation": choice,
-        "answer": choice,
-        "chosen": chosen,
-        "choices": list(sample.choices),
-        "choice_losses": losses,
-    }
+def predict(
+    model, processor, benchmark: Benchmark, split: str, samples: list[Sample], **kwargs
+) -> list[dict]:
+    """Every sample's record (see `predict_batches`)."""
+    return [
+        record
+        for batch in predict_batches(model, processor, benchmark, split, samples, **kwargs)
+        for record in batch
+    ]
 
 
-def score(benchmark: Benchmark, samples: list[Sample], records: list[dict]) -> dict[str, dict]:
-    """Each mode's metric over the records: `{mode: {"accuracy": ..., "scores": [...]}}`. Metrics see the raw
-    generation (their rules include the post-processing) or, for ranking, the chosen index."""
+def score(benchmark: Benchmark, records: list[dict]) -> dict[str, dict]:
+    """Each mode's metric over its outputs: `{mode: {"accuracy": ..., "scores": [...]}}` (and `roc_auc` where the
+    benchmark has one). Metrics see the raw generation (their rules include the post-processing) or, for ranking,
+    the chosen index."""
     field = "chosen" if benchmark.ranking else "generation"
-    inputs = {
-        "predictions": [record[field] for record in records],
-        "references": [s.reference for s in samples],
-    }
-    return {mode: load_metric(benchmark.metric, mode).compute(**inputs) for mode in MODES}
+    references = [record["references"] for record in records]
+    results = {}
+    for mode in MODES:
+        extra = {}
+        if benchmark.auroc and mode == "standard":
+            extra["yes_probabilities"] = [record[mode]["yes_probability"] for record in records]
+        predictions = [record[mode][field] for record in records]
+        results[mode] = load_metric(benchmark.metric, mode).compute(
+            predictions=predictions, references=references, **extra
+        )
+    return results
+
+
+def benchmark_result(benchmark: Benchmark, split: str, records: list[dict]) -> dict:
+    """One benchmark split's summary per mode and every record with its score in each mode."""
+    results = score(benchmark, records)
+    predictions = [
+        {**record, **{mode: {**record[mode], "score": results[mode]["scores"][index]} for mode in MODES}}
+        for index, record in enumerate(records)
+    ]
+    summary = {"benchmark": benchmark.name, "split": split, "num_samples": len(records)}
+    for mode in MODES:
+        summary[mode] = {name: value for name, value in results[mode].items() if name != "scores"}
+    return {"key": result_key(benchmark, split), "summary": summary, "predictions": predictions}
 
 
 def evaluate_benchmark(
     model, processor, benchmark: Benchmark, split: str, samples: list[Sample], **kwargs
 ) -> dict:
-    """Predict and score one benchmark split: its summary per mode and every prediction with its scores."""
-    key = result_key(benchmark, split)
-    records = predict(model, processor, benchmark, samples, description=key, **kwargs)
-    results = score(benchmark, samples, records)
-    predictions = [
-        {
-            "benchmark": key,
-            "question_id": sample.question_id,
-            **record,
-            "references": sample.reference,
-            "scores": {mode: results[mode]["scores"][index] for mode in MODES},
-        }
-        for index, (sample, record) in enumerate(zip(samples, records, strict=True))
-    ]
-    summary = {"benchmark": benchmark.name, "split": split, "num_samples": len(samples)}
-    summary.update({mode: {"accuracy": results[mode]["accuracy"]} for mode in MODES})
-    return {"key": key, "summary": summary, "predictions": predictions}
+    """Predict and score one benchmark split in memory (`tinygptv eval` also saves each batch as it goes)."""
+    return benchmark_result(benchmark, split, predict(model, processor, benchmark, split, samples, **kwargs))

@@ -1,7 +1,8 @@
 """IconQA (choose_txt) accuracy of likelihood ranking; predictions and references are choice indices.
 
-Both modes are exact match: the quirk of the original lies in the ranking (a batch-mean loss), not in the rule,
-and the harness ranks with per-sample losses in both modes.
+Both modes are exact match: the modes differ in the ranking, not in the rule. The harness ranks each choice
+followed by "\\n" in paper mode (the original's fallback end symbol) and by "###" in standard mode, with
+per-sample losses in both (the original's batch-mean loss is only right at batch size 1).
 """
 
 import datasets

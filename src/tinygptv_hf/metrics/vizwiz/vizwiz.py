@@ -2,18 +2,21 @@
 
 paper: the answers are joined with "_" and split again, then each counts when it equals the answer or either
 contains the other (case-insensitive); min(count / 3, 1). An empty answer is a substring of every reference
-and so scores 1. standard: the VQA accuracy on normalised answers (VizWiz's official rule).
+and so scores 1. standard: what `VQAEval.evaluate` of the VizWiz API's `vqaEval.py` does. Only the answer is
+normalised (VQA punctuation rule, number words, articles, the official contraction table with its "don’t");
+the references are compared exactly as written, so "Coca-Cola" or "Coke" never match any answer; the accuracy is
+min(1, matches / 3) over the ten leave-one-out subsets, averaged.
 """
 
 import datasets
 
 from tinygptv_hf.evaluation.answers import clean_answer
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
-from tinygptv_hf.evaluation.vqa_normalization import normalize_answer, vqa_accuracy
+from tinygptv_hf.evaluation.vqa_normalization import OFFICIAL_CONTRACTIONS, normalize_answer, vqa_accuracy
 
 
 class Vizwiz(BenchmarkMetric):
-    """VizWiz accuracy (paper: lenient substring count; standard: VQA accuracy)."""
+    """VizWiz accuracy (paper: lenient substring count; standard: the VizWiz evaluation script's rule)."""
 
     reference_feature = datasets.Sequence(datasets.Value("string"))
 
@@ -27,5 +30,5 @@ class Vizwiz(BenchmarkMetric):
     @staticmethod
     def standard_score(prediction, reference):
         return vqa_accuracy(
-            normalize_answer(clean_answer(prediction)), [normalize_answer(r) for r in reference]
+            normalize_answer(clean_answer(prediction), OFFICIAL_CONTRACTIONS), list(reference)
         )
