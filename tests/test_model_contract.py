@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from core_support import DISTINCT_WIDTHS
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForImageTextToText, GenerationConfig
-from transformers.utils import TransformersKwargs
+from transformers.utils import TransformersKwargs, logging
 
 from tinygptv_hf import TinyGPTVConfig, TinyGPTVForConditionalGeneration, TinyGPTVModel
 
@@ -228,13 +228,17 @@ def test_generate_keeps_within_the_context(tiny_model, caplog):
     context = tiny_model.config.text_config.max_position_embeddings
     near_the_end = torch.full((1, context - 2), 5, dtype=torch.long)
     greedy = dict(do_sample=False, stop_strings=None, min_new_tokens=2)
+    logging.warning_once.cache_clear()  # as transformers' own tests do, so an earlier identical warning cannot hide it
     with caplog.at_level("WARNING"):
         output = tiny_model.generate(input_ids=near_the_end, max_new_tokens=4096, **greedy)
     assert output.shape == (1, context)
     assert "max_new_tokens=4096" in caplog.text
-    assert tiny_model.generate(input_ids=near_the_end, max_length=context + 50, **greedy).shape == (1, context)
+    # A model whose generation config sets no max_new_tokens is bounded by max_length instead.
+    model, context = distinct_model(), TEXT["max_position_embeddings"]
+    near_the_end = torch.randint(IMAGE_TOKEN + 1, TEXT["vocab_size"], (1, context - 2))
+    assert model.generate(input_ids=near_the_end, max_length=context + 50, **greedy).shape == (1, context)
     with pytest.raises(ValueError, match=f"context holds {context}, which leaves no room"):
-        tiny_model.generate(input_ids=torch.full((1, context), 5), max_new_tokens=1, stop_strings=None)
+        model.generate(input_ids=torch.full((1, context), 5), max_new_tokens=1)
 
 
 @torch.no_grad()

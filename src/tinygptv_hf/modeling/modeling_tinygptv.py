@@ -247,9 +247,9 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | MultimodalBaseModelOutputWithPast:
-        """Checks that cost a device sync on every step are left to the processor, as in LLaVA: it refuses prompts
-        longer than the context and placeholders without images (`generate` also keeps within the context). The
-        length is not checked here, since RoPE scaling in the config may extend the context."""
+        """As LLaVA's, the only check on the data is the image/placeholder count. The processor refuses placeholders
+        without images and prompts longer than the context, and `generate` keeps within the context; the length is
+        not limited here, so that RoPE scaling set in the config extends the context."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -342,13 +342,13 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
         logits = self.lm_head(hidden_states.contiguous()).float()
 
         loss = None
-        if labels is not None or kwargs.get("shift_labels") is not None:
-            ignore_index = kwargs.get("ignore_index", -100)
+        shift_labels = kwargs.get("shift_labels")
+        if labels is not None or shift_labels is not None:
+            ignore_index, image_token_id = kwargs.get("ignore_index", -100), self.config.image_token_id
             if labels is not None:
-                labels = labels.masked_fill(labels == self.config.image_token_id, ignore_index)
-            if kwargs.get("shift_labels") is not None:
-                shift_labels = kwargs["shift_labels"]
-                kwargs["shift_labels"] = shift_labels.masked_fill(shift_labels == self.config.image_token_id, ignore_index)
+                labels = labels.masked_fill(labels == image_token_id, ignore_index)
+            if shift_labels is not None:
+                kwargs["shift_labels"] = shift_labels.masked_fill(shift_labels == image_token_id, ignore_index)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
@@ -361,7 +361,7 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
             image_outputs=outputs.image_outputs,
         )
 
-    def generate(self, inputs=None, generation_config=None, tokenizer=None, **kwargs):
+    def generate(self, inputs=None, generation_config=None, *, tokenizer=None, **kwargs):
         """`GenerationMixin.generate`, with two additions.
 
         Generation stops on the end symbol (`stop_strings`, e.g. "###"), which needs the tokenizer; when the caller
@@ -407,19 +407,17 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
                 f"the model's context holds {context}, which leaves no room for an answer; shorten the prompt."
             )
         max_new_tokens = self._generation_setting("max_new_tokens", kwargs)
+        max_length = self._generation_setting("max_length", kwargs)
         if max_new_tokens is not None and prompt_length + max_new_tokens > context:
-            logger.warning(
-                "max_new_tokens=%d does not fit after a %d-token prompt in the model's %d-token context; generating "
-                "at most %d new tokens.",
+            logger.warning_once(
+                "max_new_tokens=%d does not fit after the prompt in the model's %d-token context; generation stops "
+                "at the end of the context.",
                 max_new_tokens,
-                prompt_length,
                 context,
-                context - prompt_length,
             )
             kwargs["max_new_tokens"] = context - prompt_length
-        max_length = self._generation_setting("max_length", kwargs)
-        if max_new_tokens is None and max_length is not None and max_length > context:
-            logger.warning("max_length=%d exceeds the model's %d-token context; using %d.", max_length, context, context)
+        elif max_new_tokens is None and max_length is not None and max_length > context:
+            logger.warning_once("max_length=%d exceeds the model's %d-token context; using %d.", max_length, context, context)
             kwargs["max_length"] = context
 
     def _checkpoint_tokenizer(self):
