@@ -145,14 +145,21 @@ class TinyGPTVProcessorTest(ProcessorTesterMixin, unittest.TestCase):
         # transformers' processors are not registered for remote code; ours is, and ProcessorMixin.save_pretrained
         # then adds `auto_map` to the processor it saves but from_pretrained drops it from the one it loads.
         cls.enterClassContext(mock.patch.object(TinyGPTVProcessor, "_auto_class", None))
-        # The chat-template tests read two images from the Hub, which these tests do not reach; local files instead.
+        # Some tests read images from the Hub (hf-internal-testing fixtures), which these tests do not reach. Local
+        # images of the same names stand in, found by `url_to_local_path` as transformers' CI finds its copies.
+        common = COMMON.test_processing_common
         folder = Path(tempfile.mkdtemp())
         cls.addClassCleanup(shutil.rmtree, folder)
-        images = []
-        for seed in range(2):
-            images.append(str(folder / f"{seed}.png"))
-            random_image(seed, 40, 30).save(images[-1])
-        cls.enterClassContext(mock.patch.dict(COMMON.test_processing_common.MODALITY_INPUT_DATA, {"images": images}))
+
+        def local_copy(url):
+            path = folder / url.rsplit("/", 1)[-1]
+            return str(path) if path.exists() else url
+
+        for seed, url in enumerate(common.MODALITY_INPUT_DATA["images"]):
+            random_image(seed, 40, 30).save(folder / url.rsplit("/", 1)[-1])
+        images = [local_copy(url) for url in common.MODALITY_INPUT_DATA["images"]]
+        cls.enterClassContext(mock.patch.object(common, "url_to_local_path", local_copy))
+        cls.enterClassContext(mock.patch.dict(common.MODALITY_INPUT_DATA, {"images": images}))
         super().setUpClass()
 
     @classmethod

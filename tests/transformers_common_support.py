@@ -28,7 +28,12 @@ from filelock import FileLock
 
 CACHE_ROOT = Path.home() / ".cache" / "tinygptv-hf" / "transformers-tests"
 PACKAGE = "transformers_common_tests"
-COMMON_MODULES = ("test_modeling_common", "test_configuration_common", "test_processing_common", "test_image_processing_common")
+COMMON_MODULES = (
+    "test_modeling_common",
+    "test_configuration_common",
+    "test_processing_common",
+    "test_image_processing_common",
+)
 
 STAND_INS = {
     f"{PACKAGE}/__init__.py": "",
@@ -106,7 +111,5 @@ def common_tests() -> SimpleNamespace:
     """The four common test modules of the installed transformers, by their names (once per process)."""
     folder = str(prepare())
     if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return SimpleNamespace(
-        **{module: importlib.import_module(f"{PACKAGE}.{module}") for module in COMMON_MODULES}
-    )
+        sys.path.append(folder)  # last, so that its `utils` folder shadows nothing
+    return SimpleNamespace(**{module: importlib.import_module(f"{PACKAGE}.{module}") for module in COMMON_MODULES})
