@@ -111,8 +111,10 @@ class TinyGPTVModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCa
     def test_can_init_all_missing_weights(self):
         # The test loads an empty state dict to see `_init_weights` fill every weight; TinyGPT-V's from_pretrained
         # refuses missing weights by design, so the test runs on transformers' own from_pretrained.
-        lenient = classmethod(lambda cls, *args, **kwargs: PreTrainedModel.from_pretrained.__func__(cls, *args, **kwargs))
-        with mock.patch.object(TinyGPTVPreTrainedModel, "from_pretrained", lenient):
+        def lenient(cls, *args, **kwargs):
+            return PreTrainedModel.from_pretrained.__func__(cls, *args, **kwargs)
+
+        with mock.patch.object(TinyGPTVPreTrainedModel, "from_pretrained", classmethod(lenient)):
             super().test_can_init_all_missing_weights()
 
 
