@@ -22,6 +22,8 @@ IMAGE_TOKEN = DISTINCT_WIDTHS["image_token_id"]
 QUERIES = DISTINCT_WIDTHS["num_query_tokens"]
 VISION_TOKENS = (VISION["image_size"] // VISION["patch_size"]) ** 2 + 1
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def distinct_config(**overrides) -> TinyGPTVConfig:
     settings = copy.deepcopy(DISTINCT_WIDTHS)

@@ -12,6 +12,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 from core_support import DISTINCT_WIDTHS, random_image
 from transformers import PreTrainedModel
@@ -38,6 +39,8 @@ ConfigTester = COMMON.test_configuration_common.ConfigTester
 ProcessorTesterMixin = COMMON.test_processing_common.ProcessorTesterMixin
 ImageProcessingTester = COMMON.test_image_processing_common.ImageProcessingTester
 ImageProcessingTestMixin = COMMON.test_image_processing_common.ImageProcessingTestMixin
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The mixin tells a class's task (which inputs get labels, which tests apply) from transformers' own lists of
 # built-in models; TinyGPT-V goes where LLaVA is listed.
