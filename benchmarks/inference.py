@@ -310,7 +310,7 @@ def prompt_embeddings(model, mode: Mode, prompt: dict) -> torch.Tensor:
     backbone = model.model
     embeds = backbone.embed_tokens(prompt["input_ids"])
     features = model.get_image_features(prompt["pixel_values"]).pooler_output.to(embeds.dtype)
-    mask = backbone.get_placeholder_mask(prompt["input_ids"], features).unsqueeze(-1)
+    mask = backbone.get_placeholder_mask(prompt["input_ids"], embeds, features)
     return embeds.masked_scatter(mask, features)
 
 

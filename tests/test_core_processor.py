@@ -1,6 +1,9 @@
 """Processor on real files: image modes, EXIF, resize and normalisation, unreadable images, the tokenizer's image
 token, the chat templates character for character, stopping on `###` and clean answers, the pipeline."""
 
+import inspect
+import typing
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from core_support import random_image
 from PIL import Image
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, pipeline
 
-from tinygptv_hf.processors import ImageLoadError, TinyGPTVImageProcessor
+from tinygptv_hf.processors import ImageLoadError, TinyGPTVImageProcessor, TinyGPTVProcessor
 from tinygptv_hf.processors.templates import CONVERSATION_SYSTEM
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -45,6 +48,20 @@ def test_modes_convert_to_rgb(mode):
     if mode in ("RGBA", "CMYK", "RGB"):
         pixels = unnormalise(process(image))
         np.testing.assert_allclose(pixels, np.broadcast_to(np.array(colour) / 255.0, pixels.shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_grey_and_rgba_arrays_and_tensors_convert_as_pil_images_do(mode):
+    rgba = np.asarray(random_image(5, width=30, height=20).convert("RGBA")).copy()
+    rgba[..., 3] = np.arange(30, dtype=np.uint8)[None] * 8  # an alpha that changes across the image
+    image = Image.fromarray(rgba).convert(mode)
+    pixels = np.asarray(image)
+    channels_last = pixels if pixels.ndim == 3 else pixels[..., None]
+    channels_first = np.ascontiguousarray(channels_last.transpose(2, 0, 1))
+    variants = [channels_last, channels_first, torch.from_numpy(channels_last), torch.from_numpy(channels_first)]
+    expected = process(image)
+    for variant in variants:
+        np.testing.assert_array_equal(process(variant), expected)
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
@@ -308,3 +325,14 @@ def test_pipeline_on_a_saved_folder(tiny_checkpoint, tiny_model, tiny_processor,
     raw = pipe(images=Image.open(image_files[0]), text="<Img><ImageHere></Img> hi", max_new_tokens=3)
     assert raw[0]["generated_text"].startswith("<Img><ImageHere></Img> hi")
     assert tokenizer.padding_side == "left"
+
+
+def test_call_is_typed_as_transformers_processors_are():
+    # transformers reads these annotations to know which inputs a processor takes (its common processor tests do).
+    parameters = inspect.signature(TinyGPTVProcessor.__call__).parameters
+    assert {name for name, parameter in parameters.items() if parameter.annotation is not parameter.empty} == {
+        "images",
+        "text",
+        "kwargs",
+    }
+    assert typing.get_origin(parameters["kwargs"].annotation) is typing.Unpack

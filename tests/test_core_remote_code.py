@@ -29,7 +29,16 @@ REMOTE_SCRIPT = textwrap.dedent(
     import json
 
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        GenerationConfig,
+        pipeline,
+    )
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
 
     folder, image_path, question, out_path = sys.argv[1:5]
     try:
@@ -52,11 +61,15 @@ REMOTE_SCRIPT = textwrap.dedent(
         hidden = backbone(**inputs).last_hidden_state
     pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
     answer = pipe(text=messages, max_new_tokens=4)[0]["generated_text"][-1]["content"]
+    # A caller's GenerationConfig keeps the folder's stop strings, for which the folder's tokenizer is loaded.
+    logging.set_verbosity_warning()
+    with CaptureLogger(logging.get_logger("transformers")) as generate_log:
+        model.generate(**inputs, generation_config=GenerationConfig(max_new_tokens=2, do_sample=False))
     torch.save({"logits": logits, "hidden": hidden, "input_ids": inputs["input_ids"]}, out_path + ".pt")
     classes = [config, backbone, model, processor, processor.image_processor, pipe.model]
     names = [f"{type(obj).__module__}.{type(obj).__name__}" for obj in classes]
     with open(out_path + ".json", "w") as handle:
-        json.dump({"classes": names, "answer": answer}, handle)
+        json.dump({"classes": names, "answer": answer, "generate_log": generate_log.out}, handle)
     """
 )
 
@@ -103,6 +116,7 @@ def test_loads_without_the_package_and_matches(
         assert name.startswith("transformers_modules."), name
     assert report["classes"][2].endswith("TinyGPTVForConditionalGeneration")
     assert report["classes"][1].endswith("TinyGPTVModel")
+    assert "model of type" not in report["generate_log"], report["generate_log"]
 
     messages = [
         {

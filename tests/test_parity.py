@@ -52,12 +52,10 @@ def test_image_path_matches_original(converted):
     close(vision.hidden_states[-1], recorded["encode.vit_features"], 1e-5)
     close(vision.last_hidden_state, recorded["encode.ln_vision"], 1e-5)
     features = model.model.get_image_features(pixels)
-    close(features.last_hidden_state, recorded["encode.qformer_last_hidden_state"], 1e-5)
-    close(
-        model.model.multi_modal_projector.linear_1(features.last_hidden_state),
-        recorded["encode.llama_proj"],
-        1e-5,
-    )
+    close(features.last_hidden_state, recorded["encode.ln_vision"], 1e-5)
+    query_output = features.qformer_outputs.last_hidden_state
+    close(query_output, recorded["encode.qformer_last_hidden_state"], 1e-5)
+    close(model.model.multi_modal_projector.linear_1(query_output), recorded["encode.llama_proj"], 1e-5)
     close(features.pooler_output, recorded["encode.img_embeds"], 1e-5)
     close(
         model.model.vision_model.embeddings.position_embedding.detach(),

@@ -9,40 +9,27 @@ This file ships as remote code: it may import only pip packages and siblings in 
 """
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.initialization import copy_, normal_
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
-    BaseModelOutputWithPooling,
-    CausalLMOutputWithPast,
-)
+from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+from transformers.modeling_utils import local_torch_dtype, slice_logits_to_keep
 from transformers.models.blip_2.modeling_blip_2 import (
+    BaseModelOutputWithVisionQformerOutputs,
     Blip2QFormerModel,
     Blip2VisionModel,
 )
-from transformers.utils import logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_tinygptv import TinyGPTVConfig
 from .modeling_tinygptv_phi import TinyGPTVTextModel
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class TinyGPTVModelOutput(BaseModelOutputWithPast):
-    """Backbone output; `image_features` are the projected image embeddings that were spliced in."""
-
-    image_features: torch.FloatTensor | None = None
-
-
-@dataclass
-class TinyGPTVCausalLMOutput(CausalLMOutputWithPast):
-    image_features: torch.FloatTensor | None = None
 
 
 class TinyGPTVProjector(nn.Module):
@@ -68,8 +55,9 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = False
-    _can_compile_fullgraph = False
-    # As in BLIP-2: the Q-Former and its queries stay float32 when the rest loads in half precision.
+    _can_compile_fullgraph = True
+    # As in BLIP-2: the Q-Former and its queries stay float32 when the rest is in half precision (hard-coded in
+    # `TinyGPTVModel.__init__` too, since this list only acts when weights are loaded).
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _no_split_modules = ["Blip2EncoderLayer", "Blip2QFormerLayer", "TinyGPTVDecoderLayer"]
     _skip_keys_device_placement = "cache"
@@ -111,12 +99,20 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
             )
         return model
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The language model's dtype, the one the model was built or loaded in. (`PreTrainedModel.dtype` is the
+        first parameter's, here the query tokens, float32 in every precision: `save_pretrained` would then record a
+        bf16 model as float32 and a reload would double its size.)"""
+        return self.get_input_embeddings().weight.dtype
+
     def _init_weights(self, module):
         """The vision tower and Q-Former are sub-models that initialise themselves first (with their own configs'
-        ranges); what is left here is the query tokens and, on request, the vision position table."""
+        ranges); what is left here is the query tokens (the Q-Former's range, as BLIP-2's original code) and, on
+        request, the vision position table."""
         super()._init_weights(module)
         if isinstance(module, TinyGPTVModel):
-            normal_(module.query_tokens, mean=0.0, std=self.config.text_config.initializer_range)
+            normal_(module.query_tokens, mean=0.0, std=self.config.qformer_config.initializer_range)
             if self.config.vision_position_init == "sincos":
                 table = sincos_position_table(self.config.vision_config)
                 copy_(module.vision_model.embeddings.position_embedding, table)
@@ -145,8 +141,10 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
         self.vision_model = Blip2VisionModel(config.vision_config)
         # EVA ViT-g has no final norm; BLIP-2's `ln_vision` (eps 1e-5) plays the role of HF's post_layernorm.
         self.vision_model.post_layernorm.eps = config.vision_layernorm_eps
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel(config.qformer_config)
+        query_shape = (1, config.num_query_tokens, config.qformer_config.hidden_size)
+        self.query_tokens = nn.Parameter(torch.zeros(query_shape, dtype=torch.float32))
+        with local_torch_dtype(torch.float32):
+            self.qformer = Blip2QFormerModel(config.qformer_config)
         self.multi_modal_projector = TinyGPTVProjector(config)
         self.language_model = TinyGPTVTextModel(config.text_config)
         self.post_init()
@@ -165,8 +163,13 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
                 tower.eval()
         return self
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Encode images into `num_query_tokens` LLM-space vectors each (`pooler_output`, shape (B, Q, D))."""
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithVisionQformerOutputs:
+        """BLIP-2's contract: the vision tower's output (`last_hidden_state`, and `hidden_states`/`attentions` when
+        asked for), the Q-Former's in `qformer_outputs`, and the image embeddings for the language model,
+        `num_query_tokens` per image, in `pooler_output` (batch, queries, text width)."""
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}")
         expected = self.config.vision_config.image_size
@@ -175,41 +178,63 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
                 f"pixel_values are {pixel_values.shape[-2]}x{pixel_values.shape[-1]} but this checkpoint's vision "
                 f"tower takes {expected}x{expected}; use the checkpoint's own processor."
             )
-        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
-        image_embeds = vision_outputs.last_hidden_state
-        query_dtype = self.query_tokens.dtype
-        image_embeds = image_embeds.to(query_dtype)
+        vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        image_embeds = vision_outputs.last_hidden_state.to(self.query_tokens.dtype)
         image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        query_output = self.qformer(
-            query_embeds=query_tokens,
+        qformer_outputs = self.qformer(
+            query_embeds=self.query_tokens.expand(image_embeds.shape[0], -1, -1),
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=image_attention_mask,
             return_dict=True,
-        ).last_hidden_state
+        )
         compute_dtype = self.get_input_embeddings().weight.dtype
-        image_features = self.multi_modal_projector(query_output.to(compute_dtype))
-        return BaseModelOutputWithPooling(last_hidden_state=query_output, pooler_output=image_features)
+        image_features = self.multi_modal_projector(qformer_outputs.last_hidden_state.to(compute_dtype))
+        return BaseModelOutputWithVisionQformerOutputs(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=image_features,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            vision_outputs=vision_outputs,
+            qformer_outputs=qformer_outputs,
+        )
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor, image_features: torch.Tensor) -> torch.BoolTensor:
-        """Positions of the image tokens, after checking that they match the number of image embeddings."""
-        mask = input_ids == self.config.image_token_id
-        n_tokens = int(mask.sum())
-        n_features = image_features.shape[0] * image_features.shape[1]
-        if n_tokens != n_features:
-            per_image = self.config.num_query_tokens
-            raise ValueError(
-                f"input_ids hold {n_tokens} image tokens (id {self.config.image_token_id}) but "
-                f"{image_features.shape[0]} image(s) give {n_features} embeddings ({per_image} per image): "
-                f"the number of images must match the number of <ImageHere> placeholders."
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Positions of the image tokens, (batch, sequence, 1), after checking that they match the number of image
+        embeddings. Without `input_ids`, they are where `inputs_embeds` hold the image token's embedding."""
+        image_token_id = self.config.image_token_id
+        if input_ids is not None:
+            mask = input_ids == image_token_id
+        else:
+            if image_token_id >= self.config.text_config.vocab_size:
+                raise ValueError(
+                    f"pixel_values with inputs_embeds need the image token (id {image_token_id}) to have an embedding "
+                    f"to find the placeholders by, but the vocabulary has {self.config.text_config.vocab_size} "
+                    "rows; pass input_ids instead."
+                )
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(image_token_id, dtype=torch.long, device=inputs_embeds.device)
             )
-        return mask
+            mask = (inputs_embeds == image_embedding).all(-1)
+        n_tokens = mask.sum()
+        torch_compilable_check(
+            n_tokens * inputs_embeds.shape[-1] == image_features.numel(),
+            lambda: (
+                f"The inputs hold {int(n_tokens)} image tokens (id {image_token_id}) but {image_features.shape[0]} "
+                f"image(s) give {image_features.shape[0] * image_features.shape[1]} embeddings "
+                f"({self.config.num_query_tokens} per image): the number of images must match the number of "
+                "<ImageHere> placeholders."
+            ),
+        )
+        return mask.unsqueeze(-1)
 
     def embed_tokens(self, input_ids: torch.LongTensor) -> torch.Tensor:
         # The placeholder id need not have an embedding row: its rows are overwritten by image features.
         text_ids = input_ids.masked_fill(input_ids == self.config.image_token_id, 0)
         return self.get_input_embeddings()(text_ids)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -220,34 +245,22 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
         cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
-    ) -> TinyGPTVModelOutput:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | MultimodalBaseModelOutputWithPast:
+        """As LLaVA's, the only check on the data is the image/placeholder count. The processor refuses placeholders
+        without images and prompts longer than the context, and `generate` keeps within the context; the length is
+        not limited here, so that RoPE scaling set in the config extends the context."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        seq_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        past_length = cache.get_seq_length() if cache is not None else 0
-        max_positions = self.config.text_config.max_position_embeddings
-        if past_length + seq_length > max_positions:
-            raise ValueError(
-                f"The sequence is {past_length + seq_length} tokens long (prompt, image tokens and generated tokens) "
-                f"but the model's context holds {max_positions}; shorten the prompt or max_new_tokens."
-            )
-
-        image_features = None
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-            if pixel_values is not None:
-                image_features = self.get_image_features(pixel_values).pooler_output
-                image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-                mask = self.get_placeholder_mask(input_ids, image_features).unsqueeze(-1)
-                inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
-            elif (input_ids == self.config.image_token_id).any():
-                raise ValueError(
-                    "input_ids contain image tokens but no pixel_values were given: pass the images that the "
-                    "<ImageHere> placeholders stand for."
-                )
-        elif pixel_values is not None:
-            raise ValueError("pixel_values cannot be combined with inputs_embeds; pass input_ids instead.")
+
+        image_outputs = None
+        if pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -255,14 +268,15 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
-        return TinyGPTVModelOutput(
+        return MultimodalBaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_features=image_features,
+            image_outputs=image_outputs,
         )
 
 
@@ -287,9 +301,12 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithVisionQformerOutputs:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -302,11 +319,12 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> TinyGPTVCausalLMOutput:
-        """`labels` use -100 for ignored positions and are shifted inside; with Trainer, `num_items_in_batch`
-        arrives through kwargs so the loss stays a per-token mean under gradient accumulation and DDP."""
-        loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index") if k in kwargs}
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | MultimodalCausalLMOutputWithPast:
+        """`labels` use -100 (or `ignore_index`) for ignored positions and are shifted inside, unless the caller
+        gives them already shifted as `shift_labels` (sequence parallelism). Labels on image placeholders, as
+        generic collators leave them, are ignored. With Trainer, `num_items_in_batch` arrives through kwargs so the
+        loss stays a per-token mean under gradient accumulation and DDP."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -315,36 +333,46 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:, :]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep, :]
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         # A strided slice would make torch's CPU bf16 linear (and bitsandbytes' 4-bit layers, which call it) copy
         # the LM head's weight once per sequence of the batch (2 GB for Phi-2's head at batch 8); copy the rows.
         logits = self.lm_head(hidden_states.contiguous()).float()
 
         loss = None
-        if labels is not None:
+        shift_labels = kwargs.get("shift_labels")
+        if labels is not None or shift_labels is not None:
+            ignore_index, image_token_id = kwargs.get("ignore_index", -100), self.config.image_token_id
+            if labels is not None:
+                labels = labels.masked_fill(labels == image_token_id, ignore_index)
+            if shift_labels is not None:
+                kwargs["shift_labels"] = shift_labels.masked_fill(shift_labels == image_token_id, ignore_index)
             loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **loss_kwargs
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return TinyGPTVCausalLMOutput(
+        return MultimodalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_features=outputs.image_features,
+            image_outputs=outputs.image_outputs,
         )
 
-    def generate(self, *args, tokenizer=None, **kwargs):
-        """Generation stops on the end symbol (`stop_strings`, e.g. "###"), which needs the tokenizer; when the
-        caller gives none, the checkpoint's own tokenizer is loaded once from where the model came from."""
-        generation_config = kwargs.get("generation_config") or self.generation_config
-        stop_strings = kwargs.get("stop_strings", getattr(generation_config, "stop_strings", None))
+    def generate(self, inputs=None, generation_config=None, *, tokenizer=None, **kwargs):
+        """`GenerationMixin.generate`, with two additions.
+
+        Generation stops on the end symbol (`stop_strings`, e.g. "###"), which needs the tokenizer; when the caller
+        gives none, the checkpoint's own tokenizer is loaded once from where the model came from.
+
+        The length asked for is kept within the context (`max_position_embeddings`): a larger `max_new_tokens`
+        (lmms-eval asks for 4096) or `max_length` is lowered with a warning, and a prompt that leaves no room for
+        an answer is refused.
+        """
+        kwargs["generation_config"] = generation_config
+        stop_strings = self._generation_setting("stop_strings", kwargs)
         if stop_strings and tokenizer is None:
             tokenizer = self._checkpoint_tokenizer()
             if tokenizer is None:
@@ -354,7 +382,43 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
                     stop_strings,
                 )
                 kwargs["stop_strings"] = None
-        return super().generate(*args, tokenizer=tokenizer, **kwargs)
+        prompt = next(
+            (value for value in (kwargs.get("inputs_embeds"), inputs, kwargs.get("input_ids")) if value is not None),
+            None,
+        )
+        if prompt is not None:
+            self._fit_to_context(prompt.shape[1], kwargs)
+        return super().generate(inputs, tokenizer=tokenizer, **kwargs)
+
+    def _generation_setting(self, name: str, kwargs: dict):
+        """The value `generate` will use: the keyword argument, else the caller's generation config, else the
+        model's own (transformers fills a caller's unset fields from the model's generation config)."""
+        if name in kwargs:
+            return kwargs[name]
+        caller = kwargs.get("generation_config")
+        value = getattr(caller, name, None) if caller is not None else None
+        return value if value is not None else getattr(self.generation_config, name, None)
+
+    def _fit_to_context(self, prompt_length: int, kwargs: dict) -> None:
+        context = self.config.text_config.max_position_embeddings
+        if prompt_length >= context:
+            raise ValueError(
+                f"The prompt is {prompt_length} tokens long (each image counts {self.config.num_query_tokens}) but "
+                f"the model's context holds {context}, which leaves no room for an answer; shorten the prompt."
+            )
+        max_new_tokens = self._generation_setting("max_new_tokens", kwargs)
+        max_length = self._generation_setting("max_length", kwargs)
+        if max_new_tokens is not None and prompt_length + max_new_tokens > context:
+            logger.warning_once(
+                "max_new_tokens=%d does not fit after the prompt in the model's %d-token context; generation stops "
+                "at the end of the context.",
+                max_new_tokens,
+                context,
+            )
+            kwargs["max_new_tokens"] = context - prompt_length
+        elif max_new_tokens is None and max_length is not None and max_length > context:
+            logger.warning_once("max_length=%d exceeds the model's %d-token context; using %d.", max_length, context, context)
+            kwargs["max_length"] = context
 
     def _checkpoint_tokenizer(self):
         if not hasattr(self, "_cached_tokenizer"):
@@ -362,7 +426,11 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
 
             source = getattr(self, "name_or_path", None) or self.config._name_or_path
             try:
-                self._cached_tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False) if source else None
+                self._cached_tokenizer = (
+                    AutoTokenizer.from_pretrained(source, config=self.config, trust_remote_code=False)
+                    if source
+                    else None
+                )
             except (OSError, ValueError):
                 self._cached_tokenizer = None
         return self._cached_tokenizer

@@ -10,7 +10,15 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.image_utils import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ChannelDimension,
+    ImageType,
+    PILImageResampling,
+    get_image_type,
+    infer_channel_dimension_format,
+)
 
 
 class ImageLoadError(ValueError):
@@ -51,6 +59,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+def array_to_rgb(array: np.ndarray, input_data_format=None) -> tuple[np.ndarray, ChannelDimension]:
+    """A grey or RGBA array (channels first or last) made RGB as `to_rgb` makes a PIL image: grey repeated into
+    three channels, alpha dropped. Returns the array and its channel layout."""
+    if array.ndim == 2:
+        array, input_data_format = array[..., None], ChannelDimension.LAST
+    if input_data_format is None:
+        input_data_format = infer_channel_dimension_format(array, num_channels=(1, 3, 4))
+    input_data_format = ChannelDimension(input_data_format)
+    axis = -1 if input_data_format == ChannelDimension.LAST else 0
+    if array.shape[axis] == 1:
+        array = np.repeat(array, 3, axis=axis)
+    elif array.shape[axis] == 4:
+        array = np.take(array, [0, 1, 2], axis=axis)
+    return array, input_data_format
+
+
 class TinyGPTVImageProcessor(PilBackend):
     """224 px for stages 1-3, 448 px for stage 4 (`size`); pixel values in CLIP normalisation."""
 
@@ -76,11 +100,17 @@ class TinyGPTVImageProcessor(PilBackend):
         return super().fetch_images(image_url_or_urls)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs):
+        """PIL images, numpy arrays and tensors all become RGB unless `do_convert_rgb=False` is passed."""
         if isinstance(image, Image.Image):
             image = np.asarray(to_rgb(image) if do_convert_rgb is not False else image)
-            input_data_format = "channels_last"
-        elif isinstance(image, np.ndarray) and (image.size == 0 or 0 in image.shape[:2]):
-            raise ImageLoadError(f"Image array has zero size {image.shape}.")
+            input_data_format = ChannelDimension.LAST
+        else:
+            if get_image_type(image) == ImageType.TORCH:
+                image = image.numpy()
+            if isinstance(image, np.ndarray) and (image.size == 0 or 0 in image.shape[:2]):
+                raise ImageLoadError(f"Image array has zero size {image.shape}.")
+            if isinstance(image, np.ndarray) and do_convert_rgb is not False:
+                image, input_data_format = array_to_rgb(image, input_data_format)
         return super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
 
 

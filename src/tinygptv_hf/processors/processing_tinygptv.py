@@ -5,7 +5,10 @@ text on either side of it is tokenized separately, exactly as the original token
 added (as the original at inference). This file ships as remote code: same-folder imports only.
 """
 
-from transformers.processing_utils import ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
 # Where a prompt hands over to the answer, in the `###Human:`/`###Assistant:` and `[INST]`/`[/INST]` families.
 ASSISTANT_MARKERS = ("###Assistant: ", "[/INST]")
@@ -35,7 +38,12 @@ class TinyGPTVProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_query_tokens
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def __call__(
+        self,
+        images: ImageInput | None = None,
+        text: TextInput | PreTokenizedInput | list[TextInput] | list[PreTokenizedInput] | None = None,
+        **kwargs: Unpack[ProcessingKwargs],
+    ) -> BatchFeature:
         outputs = super().__call__(images=images, text=text, **kwargs)
         input_ids = outputs.get("input_ids")
         if input_ids is not None:
