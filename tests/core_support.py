@@ -1,4 +1,4 @@
-"""Helpers shared by the core tests."""
+"""Helpers shared by the tests: noise images, a scripted continuation for generate."""
 
 import numpy as np
 import torch
