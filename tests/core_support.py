@@ -1,7 +1,9 @@
-"""Helpers shared by the core tests."""
+"""Helpers shared by the tests: noise images, a scripted continuation for generate."""
 
 import numpy as np
+import torch
 from PIL import Image
+from transformers import LogitsProcessor
 
 
 def random_image(seed: int, width: int = 64, height: int = 48) -> Image.Image:
@@ -48,3 +50,16 @@ DISTINCT_WIDTHS = dict(
     projection_hidden_size=40,
     image_token_id=3,
 )
+
+
+class ScriptedAnswer(LogitsProcessor):
+    """Forces a fixed continuation, so stopping and decoding are tested independently of the random weights."""
+
+    def __init__(self, token_ids, prompt_length):
+        self.token_ids, self.prompt_length = token_ids, prompt_length
+
+    def __call__(self, input_ids, scores):
+        step = min(input_ids.shape[1] - self.prompt_length, len(self.token_ids) - 1)
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, self.token_ids[step]] = 0.0
+        return forced

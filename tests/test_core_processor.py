@@ -1,15 +1,18 @@
 """Processor on real files: image modes, EXIF, resize and normalisation, unreadable images, the tokenizer's image
-token, the chat templates character for character, stopping on `###` and clean answers, the pipeline."""
+token, the chat templates character for character and their training renders, stopping on `###`, clean answers and
+decoding, the token counts serving engines ask for, the pipeline."""
 
 import inspect
+import itertools
 import typing
 
 import numpy as np
 import pytest
 import torch
-from core_support import random_image
+from core_support import ScriptedAnswer, random_image
 from PIL import Image
-from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, pipeline
+from transformers import AutoTokenizer, LogitsProcessorList, pipeline
+from transformers.processing_utils import MultiModalData
 
 from tinygptv_hf.processors import ImageLoadError, TinyGPTVImageProcessor, TinyGPTVProcessor
 from tinygptv_hf.processors.templates import CONVERSATION_SYSTEM
@@ -241,19 +244,6 @@ def test_stage_zero_default_template_is_the_demo_conversation(tiny_processor):
     assert rendered == f"{CONVERSATION_SYSTEM}###Human: <Img><ImageHere></Img> {QUESTION}###Assistant: "
 
 
-class ScriptedAnswer(LogitsProcessor):
-    """Forces a fixed continuation, so stopping and decoding are tested independently of the random weights."""
-
-    def __init__(self, token_ids, prompt_length):
-        self.token_ids, self.prompt_length = token_ids, prompt_length
-
-    def __call__(self, input_ids, scores):
-        step = min(input_ids.shape[1] - self.prompt_length, len(self.token_ids) - 1)
-        forced = torch.full_like(scores, -float("inf"))
-        forced[:, self.token_ids[step]] = 0.0
-        return forced
-
-
 @pytest.mark.parametrize("pass_tokenizer", [True, False])
 def test_generation_stops_at_the_end_symbol_and_answers_are_clean(tiny_model, tiny_processor, pass_tokenizer):
     tokenizer = tiny_processor.tokenizer
@@ -336,3 +326,77 @@ def test_call_is_typed_as_transformers_processors_are():
         "kwargs",
     }
     assert typing.get_origin(parameters["kwargs"].annotation) is typing.Unpack
+
+
+def test_decode_skipping_special_tokens_stops_at_the_end_symbol(tiny_processor):
+    """lmms-eval decodes new tokens with `batch_decode(..., skip_special_tokens=True)`; `###` is plain text to the
+    tokenizer, so it came back in the answer (an immediate stop answered '###')."""
+    tokenizer = tiny_processor.tokenizer
+    answer = tokenizer(" A red square.###Human: and then", add_special_tokens=False).input_ids
+    stop_only = tokenizer("###", add_special_tokens=False).input_ids
+    new_tokens = torch.tensor([answer, stop_only + [tokenizer.pad_token_id] * (len(answer) - len(stop_only))])
+    assert tiny_processor.batch_decode(new_tokens, skip_special_tokens=True) == [" A red square.", ""]
+    assert tiny_processor.decode(new_tokens[0], skip_special_tokens=True) == " A red square."
+    assert tiny_processor.batch_decode(new_tokens) == tokenizer.batch_decode(new_tokens)
+    assert tiny_processor.decode(answer) == " A red square.###Human: and then"
+
+    prompt_text = tiny_processor.apply_chat_template([user(QUESTION)], add_generation_prompt=True)
+    prompt = tiny_processor(images=[random_image(0)], text=[prompt_text]).input_ids[0]
+    assert tiny_processor.decode(prompt + answer, skip_special_tokens=True) == (
+        tokenizer.decode(prompt, skip_special_tokens=True) + " A red square."
+    ), "a sequence that still holds its prompt keeps the prompt's own '###' separators"
+
+
+@pytest.mark.parametrize("template", ["benchmark", "conversation", "instruction", "multitask"])
+def test_training_renders_close_the_answer_with_the_end_symbol(tiny_processor, template):
+    """SFT on a rendered conversation must teach the model to stop: the final answer ends with `###`, and the
+    inference prompt is a prefix of the training render."""
+    question = [user(QUESTION)]
+    prompt = tiny_processor.apply_chat_template(question, chat_template=template, add_generation_prompt=True)
+    answered = question + [{"role": "assistant", "content": "A cat."}]
+    assert tiny_processor.apply_chat_template(answered, chat_template=template) == prompt + "A cat.###"
+
+
+@pytest.mark.parametrize(
+    ("template", "answers"),
+    [
+        ("conversation", [" A cat.###", " Because.###"]),
+        ("benchmark", [" A cat.###", " Because.###"]),
+        ("multitask", ["A cat.###", "Because.###"]),
+        ("instruction", [" A cat.###"]),
+    ],
+)
+def test_assistant_tokens_mask_is_the_answers_and_their_end_symbols(tiny_processor, template, answers):
+    """`{% generation %}` marks what TRL's `assistant_only_loss` trains: each answer with the `###` that ends it,
+    nothing of the prompts or the 32 image tokens."""
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": QUESTION}]},
+        {"role": "assistant", "content": "A cat."},
+        user("Why?", image=False),
+        {"role": "assistant", "content": [{"type": "text", "text": "Because."}]},
+    ][: 2 * len(answers)]
+    output = tiny_processor.apply_chat_template(
+        messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = output["input_ids"][0], output["assistant_masks"][0]
+    assert ids.count(tiny_processor.image_token_id) == 32
+    runs = [
+        tiny_processor.tokenizer.decode([token for token, _ in run])
+        for masked, run in itertools.groupby(zip(ids, mask, strict=True), key=lambda pair: pair[1])
+        if masked
+    ]
+    assert runs == answers
+
+
+def test_num_multimodal_tokens_for_serving_engines(tiny_processor):
+    """vLLM asks the processor how many placeholder tokens each image takes before it runs the processor."""
+    sizes = [(48, 64), (1000, 20)]
+    data = tiny_processor._get_num_multimodal_tokens(image_sizes=sizes)
+    assert isinstance(data, MultiModalData)
+    assert data.num_image_tokens == [32, 32] and data.num_image_patches == [1, 1]
+    images = [random_image(seed, width=w, height=h) for seed, (h, w) in enumerate(sizes)]
+    processed = tiny_processor(images=images, text=["<ImageHere> a", "b <ImageHere>"])
+    assert [ids.count(tiny_processor.image_token_id) for ids in processed.input_ids] == data.num_image_tokens
+    assert "num_image_tokens" not in tiny_processor._get_num_multimodal_tokens()
+    with pytest.raises(ValueError, match=r"\(height, width\)"):
+        tiny_processor._get_num_multimodal_tokens(image_sizes=[(0, 10)])

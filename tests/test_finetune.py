@@ -1,7 +1,10 @@
-"""Fine-tuning a released stage on a user's own `messages` data, as the README shows: LoRA and QLoRA."""
+"""Fine-tuning a released stage on a user's own `messages` data, as the README shows: LoRA and QLoRA, from files
+or a Hub dataset passed to the trainer as it is."""
 
 import json
 
+import datasets
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TrainingArguments
@@ -89,3 +92,47 @@ def test_qlora_finetune_on_a_4bit_model(tiny_checkpoint, tmp_path):
         ).__name__
         == "Linear4bit"
     )
+
+
+def hub_rows():
+    """Rows of a Hub dataset in the `messages` + `images` layout, the images as PIL objects."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "[vqa] What colour is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": colour}]},
+            ],
+            "images": [Image.new("RGB", (40, 30), rgb)],
+        }
+        for colour, rgb in [("red", (220, 30, 30)), ("blue", (30, 30, 220))] * 2
+    ]
+
+
+@pytest.mark.parametrize("kind", ["dataset", "stream without features"])
+def test_stage_trainer_reads_a_hub_messages_dataset_itself(tiny_checkpoint, tmp_path, kind):
+    """Regression: a `messages` dataset failed at the first batch with KeyError 'turns'."""
+    rows = hub_rows()
+    if kind == "dataset":
+        dataset = datasets.Dataset.from_list(rows)
+    else:
+        dataset = datasets.IterableDataset.from_generator(lambda: iter(rows))
+        assert dataset.column_names is None
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, attn_implementation="eager")
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    trainer = MultitaskTrainer(model, arguments(tmp_path / "run"), processor=processor, train_dataset=dataset)
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    expected = trainer.data_collator(list(read_messages(datasets.Dataset.from_list(rows))))
+    assert batch.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(batch[key], expected[key])
+    answers = [processor.tokenizer.decode(row[row != -100]) for row in batch["labels"]]
+    assert answers == ["red###", "blue###", "red###", "blue###"]
+
+
+def test_stage_trainer_names_read_messages_for_other_layouts(tiny_checkpoint, tmp_path):
+    dataset = datasets.Dataset.from_list([{"question": "What colour?", "answer": "red"}])
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    with pytest.raises(ValueError, match=r"\['question', 'answer'\].*read_messages"):
+        MultitaskTrainer(model, arguments(tmp_path / "run"), processor=processor, train_dataset=dataset)

@@ -7,7 +7,7 @@ added (as the original at inference). This file ships as remote code: same-folde
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
 # Where a prompt hands over to the answer, in the `###Human:`/`###Assistant:` and `[INST]`/`[/INST]` families.
@@ -58,9 +58,21 @@ class TinyGPTVProcessor(ProcessorMixin):
 
     def clean_answer(self, text: str) -> str:
         """The answer before the end symbol, stripped (what the original's chat returned)."""
-        if self.end_symbol:
-            text = text.split(self.end_symbol, 1)[0]
-        return text.strip()
+        return self._before_end_symbol(text).strip()
+
+    def _before_end_symbol(self, text: str) -> str:
+        return text.split(self.end_symbol, 1)[0] if self.end_symbol else text
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
+        """The tokenizer's decode. With `skip_special_tokens=True` the end symbol counts as the end-of-sequence token
+        it is for this model (to the tokenizer it is plain text): the answer stops before it, as `generate` does."""
+        if not skip_special_tokens:
+            return self.tokenizer.decode(token_ids, **kwargs)
+        return self._decode_answer(token_ids, self._before_end_symbol, skip_special_tokens=True, **kwargs)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> list[str]:
+        """`decode` of each sequence (each stops at the end symbol with `skip_special_tokens=True`)."""
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs) for ids in _as_list(sequences)]
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
         """Clean answers from generated token ids.
@@ -70,23 +82,49 @@ class TinyGPTVProcessor(ProcessorMixin):
         text and only what follows the prompt's last assistant marker is cleaned, so the decoded prompt stays a
         prefix of the decoded sequence (the pipeline strips it that way).
         """
-        if hasattr(generated_outputs, "tolist"):
-            generated_outputs = generated_outputs.tolist()
+        generated_outputs = _as_list(generated_outputs)
         single = bool(generated_outputs) and isinstance(generated_outputs[0], int)
-        texts = []
-        for ids in [generated_outputs] if single else generated_outputs:
-            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-            text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
-            prompt_end = 0
-            if self.image_token_id in ids:
-                ends = [text.rfind(marker) + len(marker) for marker in ASSISTANT_MARKERS if marker in text]
-                prompt_end = max(ends, default=0)
-            texts.append(text[:prompt_end] + self.clean_answer(text[prompt_end:]))
+        texts = [
+            self._decode_answer(ids, self.clean_answer, skip_special_tokens=skip_special_tokens, **kwargs)
+            for ids in ([generated_outputs] if single else generated_outputs)
+        ]
         return texts[0] if single else texts
+
+    def _decode_answer(self, token_ids, finish, **kwargs) -> str:
+        """Decode, then apply `finish` to the answer: all of it for new tokens alone, and only what follows the last
+        assistant marker for a sequence that still holds its prompt (it contains image tokens)."""
+        ids = _as_list(token_ids)
+        text = self.tokenizer.decode(ids, **kwargs)
+        start = 0
+        if self.image_token_id in ids:
+            ends = [text.rfind(marker) + len(marker) for marker in ASSISTANT_MARKERS if marker in text]
+            start = max(ends, default=0)
+        return text[:start] + finish(text[start:])
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens per image, for serving engines such as vLLM: `num_query_tokens` (the Q-Former's output)
+        and one patch for every image, whatever its size (each is resized to the model's square input).
+
+        `image_sizes` is a list of `(height, width)`, as LLaVA's processor takes it.
+        """
+        if image_sizes is None:
+            return MultiModalData()
+        for size in image_sizes:
+            if not isinstance(size, list | tuple) or len(size) != 2 or not all(side > 0 for side in size):
+                raise ValueError(f"image_sizes must hold (height, width) pairs of positive sizes; got {size!r}.")
+        return MultiModalData(
+            num_image_tokens=[self.num_query_tokens] * len(image_sizes), num_image_patches=[1] * len(image_sizes)
+        )
 
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values"]
+
+
+def _as_list(ids) -> list:
+    """Token ids (a list, tensor, array or single id) as a Python list."""
+    ids = ids.tolist() if hasattr(ids, "tolist") else ids
+    return [ids] if isinstance(ids, int) else list(ids)
 
 
 __all__ = ["TinyGPTVProcessor"]

@@ -9,6 +9,11 @@ Three string formats (reference 3.4-3.5) and the chat templates (Jinja) that ren
 * ``multitask``: the stage-4 training template ``[INST] {} [/INST]``; an image instruction is
   ``<Img><ImageHere></Img> {text} `` (trailing space), hence two spaces before ``[/INST]``. Task tokens such as
   ``[vqa]`` are ordinary text and pass through untouched.
+
+Every template closes an assistant turn with the end symbol and marks the answer plus that symbol with
+``{% generation %}``, so a training render (TRL's ``assistant_only_loss``, ``return_assistant_tokens_mask``) trains
+what the original's collator labelled: the answer and the ``###`` that stops it. Inference renders
+(``add_generation_prompt=True``) are unchanged by this.
 """
 
 IMAGE_TOKEN = "<ImageHere>"
@@ -38,27 +43,30 @@ _CONTENT = (
     "{%- endmacro -%}"
 )
 _HAS_IMAGE = "message['content'] is not string and message['content'] | selectattr('type', 'equalto', 'image') | list"
+# An assistant turn's trained span: the answer and the end symbol that stops it.
+_ANSWER = "{%- generation -%}{{ content(message) }}{{ '" + END_SYMBOL + "' }}{%- endgeneration -%}"
 
 
 def _hash_style(default_system: str) -> str:
-    """`{system}###Human: {user}###Assistant: {answer}###Human: ...###Assistant: ` (demo.py's SINGLE style)."""
+    """`{system}###Human: {user}###Assistant: {answer}###Human: ...###Assistant: ` (demo.py's SINGLE style),
+    written as turns that each end with the end symbol so that an answer's span holds its `###`."""
     return (
         _CONTENT + "{%- set ns = namespace(system=" + repr(default_system) + ") -%}"
         "{%- for message in messages if message['role'] == 'system' -%}"
         "{%- set ns.system = content(message) -%}{%- endfor -%}"
-        "{{- ns.system -}}"
+        "{{- ns.system -}}{{ '" + END_SYMBOL + "' }}"
         "{%- for message in messages if message['role'] != 'system' -%}"
-        "{%- if message['role'] == 'user' -%}{{ '###Human: ' }}{{ content(message) }}"
-        "{%- else -%}{{ '###Assistant: ' }}{{ content(message) }}{%- endif -%}"
+        "{%- if message['role'] == 'user' -%}{{ 'Human: ' }}{{ content(message) }}{{ '" + END_SYMBOL + "' }}"
+        "{%- else -%}{{ 'Assistant: ' }}" + _ANSWER + "{%- endif -%}"
         "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ '###Assistant: ' }}{%- endif -%}"
+        "{%- if add_generation_prompt -%}{{ 'Assistant: ' }}{%- endif -%}"
     )
 
 
 INSTRUCTION_CHAT_TEMPLATE = (
     _CONTENT + "{%- for message in messages if message['role'] != 'system' -%}"
     "{%- if message['role'] == 'user' -%}{{ '###Human: ' }}{{ content(message) }}{{ ' ' }}"
-    "{%- else -%}{{ '###Assistant: ' }}{{ content(message) }}{{ '" + END_SYMBOL + "' }}{%- endif -%}"
+    "{%- else -%}{{ '###Assistant: ' }}" + _ANSWER + "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '###Assistant: ' }}{%- endif -%}"
 )
@@ -67,7 +75,7 @@ MULTITASK_CHAT_TEMPLATE = (
     _CONTENT + "{%- for message in messages if message['role'] != 'system' -%}"
     "{%- if message['role'] == 'user' -%}{{ '[INST] ' }}{{ content(message) }}"
     "{%- if " + _HAS_IMAGE + " -%}{{ ' ' }}{%- endif -%}{{ ' [/INST]' }}"
-    "{%- else -%}{{ content(message) }}{{ '" + END_SYMBOL + "' }}{%- endif -%}"
+    "{%- else -%}" + _ANSWER + "{%- endif -%}"
     "{%- endfor -%}"
 )
 

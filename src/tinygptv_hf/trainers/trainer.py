@@ -17,6 +17,7 @@ from transformers import Trainer, set_seed
 from ..checkpoint import save_checkpoint, set_processor_stage
 from ..conversion import interpolate_position_embedding
 from .collator import TinyGPTVCollator
+from .inputs import training_samples
 from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 class TinyGPTVStageTrainer(Trainer):
-    """`transformers.Trainer` for one TinyGPT-V stage; subclasses only set `stage_spec`."""
+    """`transformers.Trainer` for one TinyGPT-V stage; subclasses only set `stage_spec`.
+
+    `train_dataset` holds uniform samples (the `tinygptv_hf.data` readers) or is a Hub-style `messages` + `images`
+    dataset, read through `read_messages` (see `training_samples`).
+    """
 
     stage_spec: StageSpec
 
@@ -80,6 +85,7 @@ class TinyGPTVStageTrainer(Trainer):
         self, model, args, *, processor, train_dataset, stage_spec: StageSpec | None = None, **kwargs
     ):
         self.stage_spec = stage_spec or self.stage_spec
+        train_dataset = training_samples(train_dataset)
         set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
         set_image_size(model, processor, self.stage_spec.image_size)
         model.config.stage = self.stage_spec.stage
