@@ -4,6 +4,7 @@ Cards render from the Jinja templates in `hub_cards/` through huggingface_hub's 
 metadata is a `ModelCardData` (evaluation results become `model-index`) rather than hand-written YAML.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
-from .trainers.stages import STAGES, StageSpec
-from .trainers.trainer import prepare_model_for_stage
+from .trainers.recipe import Recipe
+from .trainers.stages import STAGES, StageSpec, prepare_model_for_stage
 
 TEMPLATE = Path(__file__).with_name("hub_cards") / "stage.md"
 LICENSE = "bsd-3-clause"
@@ -191,3 +192,29 @@ def render_model_card(
         results=results,
         source_files=source_files,
     )
+
+
+def recipe_card(recipe: Recipe, final: str | os.PathLike) -> ModelCard:
+    """The card of a trained stage: what trained, the recipe, the data mix and, for a Hub start, its lineage."""
+    previous_path, previous_revision = recipe.model["path"], recipe.model.get("revision")
+    from_hub = not Path(previous_path).exists()
+    return render_model_card(
+        final,
+        stage=recipe.stage,
+        repo_id=(recipe.push or {}).get("repo"),
+        recipe={
+            "model": recipe.model,
+            "stage_overrides": recipe.stage_overrides,
+            "training": recipe.training,
+            "datasets": recipe.data.get("datasets", []),
+        },
+        previous_stage_ref=f"{previous_path}@{previous_revision or 'main'}" if from_hub else None,
+        spec=recipe.spec,
+    )
+
+
+def release_card(checkpoint_dir: str | os.PathLike) -> ModelCard:
+    """The card of a folder `convert_release` wrote, listing the original files it came from (conversion.json)."""
+    record = json.loads((Path(checkpoint_dir) / "conversion.json").read_text())
+    files = [{"path": Path(file["path"]).name, "sha256": file["sha256"]} for file in record["source_files"]]
+    return render_model_card(checkpoint_dir, stage=record["stage"], source_files=files)

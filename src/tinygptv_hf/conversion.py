@@ -19,6 +19,7 @@ from transformers.initialization import no_init_weights
 
 from .checkpoint import STAGE_IMAGE_SIZE, build_processor, fit_tokenizer, resize_for_stage, save_checkpoint
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .modeling.modeling_tinygptv import interpolate_position_embedding
 from .presets import preset_config
 from .tokenization import load_llm_tokenizer
 from .weights import (
@@ -258,24 +259,6 @@ def merge_lora(tensors: dict[str, torch.Tensor], lora: dict[str, LoraPair], scal
         if weight_key not in tensors:
             raise WeightsError(f"LoRA adapter on {module} has no base weight {weight_key!r} in the sources.")
         tensors[weight_key] = tensors[weight_key].float() + scaling * (B.float() @ A.float())
-
-
-def interpolate_position_embedding(
-    position_embedding: torch.Tensor, image_size: int, patch_size: int
-) -> torch.Tensor:
-    """Resize the patch grid bicubically (align_corners=False) in float32, keeping the CLS row: done once, stored."""
-    cls_row, grid = position_embedding[:, :1], position_embedding[:, 1:].float()
-    old = int(round(grid.shape[1] ** 0.5))
-    new = image_size // patch_size
-    if old * old != grid.shape[1]:
-        raise WeightsError(f"position_embedding has {grid.shape[1]} patch rows, not a square grid.")
-    if old == new:
-        return position_embedding
-    width = grid.shape[-1]
-    grid = grid.reshape(1, old, old, width).permute(0, 3, 1, 2)
-    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, width)
-    return torch.cat([cls_row.float(), grid], dim=1).to(position_embedding.dtype)
 
 
 def finalize(
@@ -529,8 +512,4 @@ def convert_release(
         "ignored_source_keys": weights.ignored,
     }
     (output_dir / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
-    from .cards import render_model_card
-
-    card_files = [{"path": Path(file["path"]).name, "sha256": file["sha256"]} for file in files]
-    render_model_card(output_dir, stage=stage, source_files=card_files).save(output_dir / "README.md")
     return output_dir

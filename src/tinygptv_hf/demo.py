@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from .cards import recipe_card
 from .checkpoint import init_checkpoint
 from .data import blip_caption
 from .data.synthetic import write_synthetic_world
@@ -203,7 +204,9 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
         clock = time.perf_counter()
         variables = {**{k: str(v) for k, v in world.items() if isinstance(v, str)}, "model": str(model_dir)}
         variables["output"] = str(output_dir / f"stage-{stage}")
-        result = run_recipe(stage_recipe(stage, variables, size, seed))
+        recipe = stage_recipe(stage, variables, size, seed)
+        result = run_recipe(recipe)
+        recipe_card(recipe, result.final).save(result.final / "README.md")
         model_dir, histories[stage] = result.final, result.log_history
         seconds = time.perf_counter() - clock
         rows.append(

@@ -44,6 +44,7 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from ..cards import release_card
     from ..conversion import convert_release
 
     folder = convert_release(
@@ -60,4 +61,5 @@ def run(args):
         lora_alpha=args.lora_alpha,
         keep_adapter=args.keep_adapter,
     )
+    release_card(folder).save(folder / "README.md")
     print(f"wrote stage-{args.stage} checkpoint converted from the original release to {folder}")

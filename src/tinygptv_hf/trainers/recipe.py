@@ -132,10 +132,12 @@ class StageResult:
     final: Path
     log_history: list[dict]
     data_health: dict
+    main_process: bool = True  # False on the other ranks of a distributed run, which must not write or push
 
 
 def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=None) -> StageResult:
-    """Train one stage end to end; `final` is the stage's complete (merged) checkpoint folder.
+    """Train one stage end to end; `final` is the stage's complete (merged) checkpoint folder. The card and the
+    recipe's `push` are the caller's (`tinygptv train`, the demo): see `cards.recipe_card`.
 
     `resume=True` continues from the newest `checkpoint-*` in the output folder, a path from that checkpoint.
     """
@@ -169,40 +171,14 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     trainer.train(resume_from_checkpoint=checkpoint or None)
     final = trainer.finish_stage()
     result = StageResult(
-        final=final, log_history=list(trainer.state.log_history), data_health=health.summary()
+        final=final,
+        log_history=list(trainer.state.log_history),
+        data_health=health.summary(),
+        main_process=trainer.is_world_process_zero(),
     )
-    if not trainer.is_world_process_zero():
+    if not result.main_process:
         return result
     output = Path(args.output_dir)
     (output / "data_health.json").write_text(json.dumps(result.data_health, indent=2))
     (output / "log_history.json").write_text(json.dumps(result.log_history, indent=2))
-    write_card(recipe, final, path, model_kwargs.get("revision"))
-    if recipe.push:
-        from ..publishing import push_stage
-
-        push_stage(
-            final, recipe.push["repo"], recipe.stage, update_main=bool(recipe.push.get("update_main", False))
-        )
     return result
-
-
-def write_card(recipe: Recipe, final: Path, previous_path: str, previous_revision: str | None):
-    """The stage's model card (README.md): what trained, the recipe, the data mix and, for a Hub start, lineage."""
-    from ..cards import render_model_card
-
-    from_hub = not Path(previous_path).exists()
-    previous = f"{previous_path}@{previous_revision or 'main'}" if from_hub else None
-    card = render_model_card(
-        final,
-        stage=recipe.stage,
-        repo_id=(recipe.push or {}).get("repo"),
-        recipe={
-            "model": recipe.model,
-            "stage_overrides": recipe.stage_overrides,
-            "training": recipe.training,
-            "datasets": recipe.data.get("datasets", []),
-        },
-        previous_stage_ref=previous,
-        spec=recipe.spec,
-    )
-    card.save(final / "README.md")

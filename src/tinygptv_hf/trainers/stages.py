@@ -6,6 +6,8 @@ Reference sections 2.2, 3.4 and 5.2. A stage never differs from another by code,
 import re
 from dataclasses import dataclass, field, fields, replace
 
+from peft import LoraConfig, get_peft_model
+
 from ..processors.templates import INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE, STAGE_END_SYMBOL
 
 # Stage 1 trains the projector and the weights (not the biases) of every norm the paper adds or re-trains.
@@ -101,3 +103,21 @@ MULTITASK = replace(
 )
 
 STAGES = {spec.stage: spec for spec in (WARMUP, PRETRAINING, INSTRUCTION, MULTITASK)}
+
+
+def prepare_model_for_stage(model, spec: StageSpec):
+    """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
+    model.requires_grad_(False)
+    if spec.lora is not None:
+        lora_config = LoraConfig(
+            r=spec.lora.r,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules,
+            bias="none",
+        )
+        model = get_peft_model(model, lora_config)
+    for name, parameter in model.named_parameters():
+        if spec.is_trainable(name):
+            parameter.requires_grad_(True)
+    return model

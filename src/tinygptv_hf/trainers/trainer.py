@@ -10,58 +10,18 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
 
 from ..checkpoint import save_checkpoint, set_processor_stage
-from ..conversion import interpolate_position_embedding
 from .collator import TinyGPTVCollator
 from .inputs import training_samples
-from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec
+from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 
 logger = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"
-
-
-def set_image_size(model, processor, image_size: int):
-    """Move a checkpoint to another input size (stage 4 uses 448): the position table is interpolated once, in
-    float32, and stored, exactly as the original did at load time."""
-    vision = model.model.vision_model if hasattr(model, "model") else model.vision_model
-    config = model.config
-    if config.vision_config.image_size == image_size:
-        return
-    embeddings = vision.embeddings
-    table = interpolate_position_embedding(
-        embeddings.position_embedding.data, image_size, config.vision_config.patch_size
-    )
-    embeddings.position_embedding = torch.nn.Parameter(
-        table, requires_grad=embeddings.position_embedding.requires_grad
-    )
-    embeddings.image_size = image_size
-    embeddings.num_patches = (image_size // config.vision_config.patch_size) ** 2
-    embeddings.num_positions = embeddings.num_patches + 1
-    config.vision_config.image_size = image_size
-    processor.image_processor.size = {"height": image_size, "width": image_size}
-
-
-def prepare_model_for_stage(model, spec: StageSpec):
-    """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
-    model.requires_grad_(False)
-    if spec.lora is not None:
-        lora_config = LoraConfig(
-            r=spec.lora.r,
-            lora_alpha=spec.lora.alpha,
-            lora_dropout=spec.lora.dropout,
-            target_modules=spec.lora.target_modules,
-            bias="none",
-        )
-        model = get_peft_model(model, lora_config)
-    for name, parameter in model.named_parameters():
-        if spec.is_trainable(name):
-            parameter.requires_grad_(True)
-    return model
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -87,7 +47,9 @@ class TinyGPTVStageTrainer(Trainer):
         self.stage_spec = stage_spec or self.stage_spec
         train_dataset = training_samples(train_dataset)
         set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
-        set_image_size(model, processor, self.stage_spec.image_size)
+        image_size = self.stage_spec.image_size
+        model.set_image_size(image_size)
+        processor.image_processor.size = {"height": image_size, "width": image_size}
         model.config.stage = self.stage_spec.stage
         set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
         model = prepare_model_for_stage(model, self.stage_spec)
