@@ -21,6 +21,7 @@ FLOORS = {
     f"{PACKAGE}.tokenization": 1,
     f"{PACKAGE}.presets": 1,
     f"{PACKAGE}.grounding": 1,
+    f"{PACKAGE}.stages": 1,
     f"{PACKAGE}.checkpoint": 2,
     f"{PACKAGE}.data": 2,
     f"{PACKAGE}.trainers": 2,
@@ -119,7 +120,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions_and_relative_ones():
     assert f"{PACKAGE}.trainers.trainer" in GRAPH[f"{PACKAGE}.trainers.recipe"]  # inside run_recipe
-    assert f"{PACKAGE}.evaluation.loaders" in GRAPH[f"{PACKAGE}.evaluation.benchmarks"]  # `from . import loaders`
+    # `from . import loaders`
+    assert f"{PACKAGE}.evaluation.loaders" in GRAPH[f"{PACKAGE}.evaluation.benchmarks"]
     assert f"{PACKAGE}.trainers" in GRAPH[f"{PACKAGE}.cards"]  # the package __init__ runs first
 
 

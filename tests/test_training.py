@@ -16,7 +16,7 @@ from transformers import AutoProcessor
 
 from tinygptv_hf.cli import main
 from tinygptv_hf.data.synthetic import write_synthetic_world
-from tinygptv_hf.trainers.stages import STAGES
+from tinygptv_hf.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 

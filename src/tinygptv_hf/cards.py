@@ -12,25 +12,14 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .stages import STAGES, TRAINING_STAGES, StageSpec, prepare_model_for_stage
 from .trainers.recipe import Recipe
-from .trainers.stages import STAGES, StageSpec, prepare_model_for_stage
 
 TEMPLATE = Path(__file__).with_name("hub_cards") / "stage.md"
 LICENSE = "bsd-3-clause"
 BASE_MODELS = ["microsoft/phi-2", "Salesforce/blip2-flan-t5-xxl"]
 TAGS = ["tinygptv", "vision-language", "multimodal", "phi-2", "blip-2", "custom_code"]
 
-STAGE_NAMES = {1: "warm-up", 2: "pre-training", 3: "instruction tuning", 4: "multi-task learning"}
-STAGE_DESCRIPTIONS = {
-    1: "Warm-up: image-caption pairs align the projector with the frozen language model. Only the projector and "
-    "the weights of the language model's norms train; there is no LoRA in this stage.",
-    2: "Pre-training: more image-caption pairs, now with LoRA on the language model's attention projections next "
-    "to the projector and norm weights. The LoRA weights are merged into the saved weights.",
-    3: "Instruction tuning: a small set of image-instruction conversations teaches the chat format, with the same "
-    "trainable set as stage 2 (LoRA merged).",
-    4: "Multi-task learning: VQA, captioning, grounding and conversation data at 448 px with task identifiers, "
-    "with the same trainable set as stage 2 (LoRA merged).",
-}
 # Name prefix in the model -> how the card names the component.
 COMPONENTS = {
     "model.vision_model.": "Vision tower (EVA ViT-g, ln_vision)",
@@ -147,8 +136,8 @@ def render_model_card(
     {path, sha256} of the original files a converted checkpoint came from; `spec` is the stage as trained (the
     paper's declaration of `stage` by default).
     """
-    if stage not in STAGE_NAMES:
-        raise ValueError(f"Stage must be one of {sorted(STAGE_NAMES)}, got {stage}.")
+    if stage not in TRAINING_STAGES:
+        raise ValueError(f"Stage must be one of {sorted(TRAINING_STAGES)}, got {stage}.")
     model = _model_skeleton(checkpoint_dir)
     components = component_parameters(model)
     trainable = stage_trainable_parameters(model, spec or STAGES[stage])
@@ -178,8 +167,8 @@ def render_model_card(
         template_path=str(TEMPLATE),
         title=name,
         repo_id=repo_id or "OWNER/NAME",
-        stage_name=STAGE_NAMES[stage],
-        stage_description=STAGE_DESCRIPTIONS[stage],
+        stage_name=STAGES[stage].name,
+        stage_description=STAGES[stage].description,
         previous_stage_ref=previous_stage_ref,
         components=[
             {"name": name, "parameters": count, "status": status[name]} for name, count in components.items()

@@ -27,8 +27,8 @@ from .evaluation.runner import generate_answers
 from .grounding import parse_grounded_text
 from .processors import load_image
 from .processors.templates import IMAGE_TOKEN
+from .stages import STAGES, TRAINING_STAGES
 from .trainers.recipe import Recipe, run_recipe
-from .trainers.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
         }
     ]
     histories = {}
-    for stage in tqdm(range(1, 5), desc="stages", unit="stage"):
+    for stage in tqdm(sorted(TRAINING_STAGES), desc="stages", unit="stage"):
         clock = time.perf_counter()
         variables = {**{k: str(v) for k, v in world.items() if isinstance(v, str)}, "model": str(model_dir)}
         variables["output"] = str(output_dir / f"stage-{stage}")

@@ -1,7 +1,6 @@
 """The four training stages as `transformers.Trainer` subclasses, their declarations, collator and recipes."""
 
-from .collator import TinyGPTVCollator, compose_sequence, pad_sequences
-from .stages import (
+from ..stages import (
     INSTRUCTION,
     MULTITASK,
     PRETRAINING,
@@ -11,6 +10,7 @@ from .stages import (
     StageSpec,
     prepare_model_for_stage,
 )
+from .collator import TinyGPTVCollator, compose_sequence, pad_sequences
 from .trainer import (
     STAGE_TRAINERS,
     InstructionTrainer,

@@ -26,7 +26,7 @@ from transformers import TrainingArguments
 
 from .. import data as data_readers
 from ..data import DataHealth, mix_datasets
-from .stages import STAGES, StageSpec
+from ..stages import TRAINING_STAGES, StageSpec
 
 VARIABLE = re.compile(r"\$\{(\w+)\}")
 
@@ -57,8 +57,8 @@ class Recipe:
         for section in ("stage", "model", "data", "training"):
             if section not in raw:
                 raise ValueError(f"{source}: the recipe needs a '{section}' section")
-        if raw["stage"] not in STAGES:
-            raise ValueError(f"{source}: stage must be one of {sorted(STAGES)}, got {raw['stage']!r}")
+        if raw["stage"] not in TRAINING_STAGES:
+            raise ValueError(f"{source}: stage must be one of {sorted(TRAINING_STAGES)}, got {raw['stage']!r}")
         return cls(
             stage=raw["stage"],
             model=raw["model"],
@@ -71,7 +71,7 @@ class Recipe:
 
     @property
     def spec(self) -> StageSpec:
-        return STAGES[self.stage].with_overrides(**self.stage_overrides)
+        return TRAINING_STAGES[self.stage].with_overrides(**self.stage_overrides)
 
     def training_arguments(self) -> TrainingArguments:
         """The stage's optimizer and schedule (AdamW, linear warm-up from the warm-up rate, cosine to the floor)

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, set_seed
 
 from ..checkpoint import save_checkpoint, set_processor_stage
+from ..stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 from .collator import TinyGPTVCollator
 from .inputs import training_samples
-from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 
 logger = logging.getLogger(__name__)
 
