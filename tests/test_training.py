@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from transformers import AutoProcessor
 from tinygptv_hf.cli import main
 from tinygptv_hf.data.synthetic import write_synthetic_world
 from tinygptv_hf.trainers.stages import STAGES
+from tinygptv_hf.trainers.trainer import COMPLETE_MARK
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,15 +42,24 @@ def world(tmp_path_factory):
     }
 
 
-def write_recipe(folder: Path, stage: int, model: Path, steps: int, **training) -> Path:
+def write_recipe(
+    folder: Path, stage: int, model: Path, steps: int, datasets=None, data=None, overrides=None, **training
+) -> Path:
     recipe = {
         "stage": stage,
         "model": {"path": str(model), "attn_implementation": "eager"},
         "stage_overrides": {
             "image_size": 56 if stage < 4 else 112,
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            **(overrides or {}),
         },
-        "data": {"seed": 0, "shuffle_buffer": 8, "max_bad_samples": 0, "datasets": STAGE_DATA[stage]},
+        "data": {
+            "seed": 0,
+            "shuffle_buffer": 8,
+            "max_bad_samples": 0,
+            "datasets": datasets or STAGE_DATA[stage],
+            **(data or {}),
+        },
         "training": {
             "output_dir": str(folder / f"stage-{stage}"),
             "max_steps": steps,
@@ -123,40 +132,84 @@ def run_cli(arguments: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
-def test_sigkill_and_resume_gives_the_uninterrupted_weights(tiny_checkpoint, world, tmp_path):
+# Stage 2's mix as the paper recipe declares it: every source read until all are exhausted, so the small cc_sbu
+# ends a pass after a few steps and laion is read again within it.
+PAPER_STAGE2_MIX = [
+    {"reader": "webdataset_captions", "ratio": 115, "shards": "${laion}", "source": "laion"},
+    {"reader": "webdataset_captions", "ratio": 14, "shards": "${cc_sbu}", "source": "cc_sbu"},
+]
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    world = write_synthetic_world(root, seed=3, n_train=12, n_eval=1, image_size=56, num_shards=6)
+    shards = world["webdataset"].replace("{00000..00005}", "{}")
+    return {"laion": shards.format("{00000..00004}"), "cc_sbu": shards.format("00005")}
+
+
+def stop_at_checkpoint(step: int, arguments: list[str], stderr: Path) -> None:
+    """Run training until it has completed checkpoint-`step`, then kill -9 it there."""
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "stop_at_checkpoint.py"), str(step), *arguments],
+            cwd=REPO,
+            stderr=errors,
+        )
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"the run ended before checkpoint-{step}: {stderr.read_text()[-3000:]}"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterrupted_weights(
+    tiny_checkpoint, small_world, tmp_path
+):
+    """kill -9 after checkpoint-8, a write of checkpoint-8 cut off midway, --resume (from checkpoint-6, after the
+    first pass over the mix), kill -9 after the last checkpoint, --resume: the final weights are bitwise those of
+    an uninterrupted run, with no step more and no sample counted twice."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
 
     def arguments(folder):
-        recipe = write_recipe(folder, 2, tiny_checkpoint, steps=8, save_steps=4)
-        return ["train", str(recipe), *variables(world)]
+        recipe = write_recipe(
+            folder,
+            2,
+            tiny_checkpoint,
+            steps=10,
+            datasets=PAPER_STAGE2_MIX,
+            overrides={"lora": {"r": 4, "alpha": 8, "dropout": 0.05}},  # resume must restore the dropout RNG
+            save_steps=2,
+        )
+        return ["train", str(recipe), *variables(small_world)]
 
     assert run_cli(arguments(straight)).wait(timeout=600) == 0
+    output = killed / "stage-2"
+    stop_at_checkpoint(8, arguments(killed), tmp_path / "first.err")
+    assert json.loads((output / "checkpoint-6" / "stream-rank0.json").read_text())["pass"] >= 1  # a later pass
+    for name in (COMPLETE_MARK, "trainer_state.json"):  # as a kill while checkpoint-8 was being written leaves it
+        (output / "checkpoint-8" / name).unlink()
 
-    process = run_cli(arguments(killed))
-    checkpoint = killed / "stage-2" / "checkpoint-4"
-    deadline = time.time() + 600
-    while not (checkpoint / "trainer_state.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "stage-2" / "final").exists()
+    stop_at_checkpoint(10, [*arguments(killed), "--resume"], tmp_path / "second.err")
+    assert "Resuming from checkpoint-6; passed over incomplete checkpoint-8" in (tmp_path / "second.err").read_text()
+    assert not (output / "final").exists()
+    last = run_cli([*arguments(killed), "--resume"], stdout=subprocess.PIPE, text=True)
+    stdout, _ = last.communicate(timeout=600)
+    assert last.returncode == 0
+    assert stdout.splitlines()[-1].startswith("stage 2 finished: 10 steps, last logged loss ")
 
-    assert run_cli([*arguments(killed), "--resume"]).wait(timeout=600) == 0
-    expected, resumed = weights(straight / "stage-2" / "final"), weights(killed / "stage-2" / "final")
+    expected, resumed = weights(straight / "stage-2" / "final"), weights(output / "final")
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
-    # The stream continued where it stopped: the resumed steps saw the same losses as the uninterrupted run.
-    assert stage_log(killed / "stage-2")[-1]["step"] == 8
-
-    def tail(folder):
-        return [e["loss"] for e in stage_log(folder / "stage-2") if "loss" in e and e["step"] > 4]
-
-    assert tail(killed) == pytest.approx(tail(straight), rel=1e-5)
+    assert [e["step"] for e in stage_log(output) if "loss" in e] == list(range(1, 11))
+    assert [e["loss"] for e in stage_log(output) if "loss" in e] == [
+        e["loss"] for e in stage_log(straight / "stage-2") if "loss" in e
+    ]
+    health = json.loads((output / "data_health.json").read_text())
+    assert health == json.loads((straight / "stage-2" / "data_health.json").read_text())
+    assert set(health["samples"]) == {"laion", "cc_sbu"}
 
 
 def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
