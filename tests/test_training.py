@@ -1,20 +1,26 @@
 """The four stages through `tinygptv train` on a tiny model and small data in the original's real formats."""
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tinygptv_hf.cli import main
+from tinygptv_hf.data import image_instruction
 from tinygptv_hf.data.synthetic import write_synthetic_world
+from tinygptv_hf.trainers import TinyGPTVCollator
 from tinygptv_hf.trainers.stages import STAGES
 from tinygptv_hf.trainers.trainer import COMPLETE_MARK
 
@@ -210,6 +216,82 @@ def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterr
     health = json.loads((output / "data_health.json").read_text())
     assert health == json.loads((straight / "stage-2" / "data_health.json").read_text())
     assert set(health["samples"]) == {"laion", "cc_sbu"}
+
+
+def write_caption_shard(path: Path, keys: list[str], corrupt=()) -> None:
+    """A webdataset shard of real JPEGs and captions; the JPEGs of `corrupt` keys are cut to a third."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for index, key in enumerate(keys):
+            buffer = io.BytesIO()
+            Image.new("RGB", (56, 56), (40 * index % 256, 120, 200)).save(buffer, format="JPEG")
+            image = buffer.getvalue()[: buffer.tell() // 3] if key in corrupt else buffer.getvalue()
+            caption = json.dumps({"caption": f"a square of shade {index}"}).encode()
+            for extension, payload in (("jpg", image), ("json", caption)):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def test_bad_records_of_all_mixed_sources_count_in_one_report_and_one_budget(
+    tiny_checkpoint, tmp_path, capsys, caplog
+):
+    """Stage 2's two webdataset sources mixed by ratio, with bad records in both: the report counts all three, the
+    log counts them 1/5, 2/5, 3/5 across sources, and a budget of 2 stops the run in one line with status 2."""
+    write_caption_shard(tmp_path / "laion" / "00000.tar", [f"l{i}" for i in range(6)], corrupt={"l1", "l4"})
+    write_caption_shard(tmp_path / "cc_sbu" / "00000.tar", [f"c{i}" for i in range(4)], corrupt={"c2"})
+    mix = [{**entry, "ratio": ratio} for entry, ratio in zip(PAPER_STAGE2_MIX, (2, 1), strict=True)]
+    # laion as a folder of shards, cc_sbu as a brace range
+    data = ["--set", f"laion={tmp_path / 'laion'}", "--set", f"cc_sbu={tmp_path / 'cc_sbu' / '{00000..00000}.tar'}"]
+
+    (tmp_path / "ok").mkdir()
+    recipe = write_recipe(tmp_path / "ok", 2, tiny_checkpoint, steps=4, datasets=mix, data={"max_bad_samples": 5})
+    with caplog.at_level(logging.WARNING, logger="tinygptv_hf.data.health"):
+        assert main(["train", str(recipe), *data]) == 0
+    health = json.loads((tmp_path / "ok" / "stage-2" / "data_health.json").read_text())
+    assert health["bad"] == {"laion": 2, "cc_sbu": 1} and health["total_bad"] == 3
+    assert health["samples"]["laion"] > 0 and health["samples"]["cc_sbu"] > 0
+    assert health["total_samples"] == sum(health["samples"].values()) >= 4 * 4
+    assert [message.split(":")[0] for message in caplog.messages] == [f"Skipped bad sample {n}/5" for n in (1, 2, 3)]
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line.startswith("stage 2 finished: 4 steps, last logged loss ")
+    assert f"{health['total_samples']} samples read, 3 bad and 0 dropped records; model in " in last_line
+    assert "log_history" not in last_line and "{" not in last_line
+
+    (tmp_path / "stop").mkdir()
+    recipe = write_recipe(tmp_path / "stop", 2, tiny_checkpoint, steps=4, datasets=mix, data={"max_bad_samples": 2})
+    assert main(["train", str(recipe), *data]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert error.startswith("tinygptv train: error: 3 bad samples exceed the error budget max_bad_samples=2; last ")
+    assert not (tmp_path / "stop" / "stage-2" / "final").exists()
+
+
+def test_an_over_long_sample_is_cut_to_the_context_instead_of_stopping_the_run(tiny_checkpoint):
+    """A LLaVA answer and a question longer than the tiny model's 512-token context, with stage 4's 1024-token
+    answer cap: the answer is cut to what the context leaves, the question's text to the context (its image
+    tokens stay), and the model trains on both."""
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    spec = STAGES[4]
+    collator = TinyGPTVCollator(
+        processor, prompt_template=spec.prompt_template, end_symbol=spec.end_symbol, max_text_length=1024
+    )
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    answer = "The red square sits left of a blue circle, and both rest on a grey floor. " * 40
+    question = "Look closely at every shape and its colour in this picture and then " * 80
+    batch = collator(
+        [
+            {"image": image, "turns": [{"instruction": image_instruction(q), "answer": a}], "source": "llava"}
+            for q, a in (("Describe it.", answer), (question, "Yes."))
+        ]
+    )
+    context = processor.context_length
+    assert batch["attention_mask"].sum(dim=1).tolist() == [context, context] and context < 1024
+    image_tokens = (batch["input_ids"] == processor.image_token_id).sum(dim=1)
+    assert image_tokens.tolist() == [processor.num_query_tokens] * 2
+    labelled = (batch["labels"] != -100).sum(dim=1).tolist()
+    assert labelled[0] > context - 100 and labelled[1] == 1
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
+    assert torch.isfinite(model(**batch).loss)
 
 
 def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):

@@ -57,12 +57,17 @@ def compose_sequence(
     return SequenceParts(input_ids=input_ids, labels=labels, prompt_length=prompt_length)
 
 
-def pad_sequences(sequences: list[SequenceParts], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_sequences(
+    sequences: list[SequenceParts], pad_id: int, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right padding (pad id, attention 0, label -100) to the longest prompt plus the longest answer part, the
-    original's batch length (it padded the prompt and the answer blocks separately)."""
+    original's batch length (it padded the prompt and the answer blocks separately), but to no more than
+    `max_length` (the model's context; the sequences themselves are never longer)."""
     length = max(sequence.prompt_length for sequence in sequences) + max(
         len(sequence.input_ids) - sequence.prompt_length for sequence in sequences
     )
+    if max_length is not None:
+        length = max(min(length, max_length), max(len(sequence.input_ids) for sequence in sequences))
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -161,7 +166,9 @@ class TinyGPTVCollator:
         )
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = pad_sequences([self.sequence(sample) for sample in samples], self.tokenizer.pad_token_id)
+        batch = pad_sequences(
+            [self.sequence(sample) for sample in samples], self.tokenizer.pad_token_id, self.context_length
+        )
         images = [sample["image"] for sample in samples if sample.get("image") is not None]
         if images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")[

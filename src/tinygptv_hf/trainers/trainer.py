@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import TrainerState
+from transformers.trainer_callback import ProgressCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from ..checkpoint import save_checkpoint, set_processor_stage
@@ -174,22 +174,28 @@ class TinyGPTVStageTrainer(Trainer):
     def train(self, resume_from_checkpoint: bool | str | None = None, **kwargs):
         """As `Trainer.train`, resuming from the newest complete checkpoint for ``True``, with the stream where
         the checkpoint left it; a checkpoint already at ``max_steps`` is loaded, not trained one step further."""
-        if not resume_from_checkpoint:
-            return super().train(**kwargs)
-        checkpoint = resolve_checkpoint(self.args.output_dir, resume_from_checkpoint)
-        written_by = json.loads((checkpoint / COMPLETE_MARK).read_text())["world_size"]
-        if written_by != self.args.world_size:
-            raise ValueError(
-                f"{checkpoint} was written by {written_by} process(es); resume it with the same number, not "
-                f"{self.args.world_size}"
-            )
-        self.train_stream.load(checkpoint, self._stream_file)
-        state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
-        if state.global_step >= self.args.max_steps:
-            self._load_from_checkpoint(str(checkpoint))
-            self.state = state
-            return TrainOutput(state.global_step, 0.0, {})
-        return super().train(resume_from_checkpoint=str(checkpoint), **kwargs)
+        checkpoint = None
+        if resume_from_checkpoint:
+            checkpoint = resolve_checkpoint(self.args.output_dir, resume_from_checkpoint)
+            written_by = json.loads((checkpoint / COMPLETE_MARK).read_text())["world_size"]
+            if written_by != self.args.world_size:
+                raise ValueError(
+                    f"{checkpoint} was written by {written_by} process(es); resume it with the same number, not "
+                    f"{self.args.world_size}"
+                )
+            self.train_stream.load(checkpoint, self._stream_file)
+            state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+            if state.global_step >= self.args.max_steps:
+                self._load_from_checkpoint(str(checkpoint))
+                self.state = state
+                return TrainOutput(state.global_step, 0.0, {})
+        try:
+            return super().train(resume_from_checkpoint=checkpoint and str(checkpoint), **kwargs)
+        except BaseException:
+            progress = self.callback_handler.pop_callback(ProgressCallback)
+            if progress is not None:  # close the bar, so that the error is the last thing on the terminal
+                progress.on_train_end(self.args, self.state, self.control)
+            raise
 
     @property
     def _stream_file(self) -> str:
