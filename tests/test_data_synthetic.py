@@ -77,7 +77,8 @@ def test_every_training_format_reads_back_through_the_readers(world):
     read_all(data.read_refcoco(world["refer_root"], world["coco_images"], inverse=True), health)
     read_all(data.read_llava_instruct(world["llava_detail"], world["coco_images"]), health)
     for task in ("grounded_caption", "caption_to_phrase", "phrase_to_box"):
-        grounded = read_all(data.read_flickr(world[f"flickr_{task}"], world["flickr_images"], task=task), health)
+        stream = data.read_flickr(world[f"flickr_{task}"], world["flickr_images"], task=task)
+        grounded = read_all(stream, health)
         assert all("<p>" in s["turns"][0]["answer"] for s in grounded)
 
 

@@ -193,12 +193,15 @@ def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterr
     assert run_cli(arguments(straight)).wait(timeout=600) == 0
     output = killed / "stage-2"
     stop_at_checkpoint(8, arguments(killed), tmp_path / "first.err")
-    assert json.loads((output / "checkpoint-6" / "stream-rank0.json").read_text())["pass"] >= 1  # a later pass
-    for name in (COMPLETE_MARK, "trainer_state.json"):  # as a kill while checkpoint-8 was being written leaves it
+    position = json.loads((output / "checkpoint-6" / "stream-rank0.json").read_text())
+    assert position["pass"] >= 1  # after the first pass over the mix
+    # What a kill while checkpoint-8 was being written leaves: no trainer state, no completion mark.
+    for name in (COMPLETE_MARK, "trainer_state.json"):
         (output / "checkpoint-8" / name).unlink()
 
     stop_at_checkpoint(10, [*arguments(killed), "--resume"], tmp_path / "second.err")
-    assert "Resuming from checkpoint-6; passed over incomplete checkpoint-8" in (tmp_path / "second.err").read_text()
+    resumed_from = (tmp_path / "second.err").read_text()
+    assert "Resuming from checkpoint-6; passed over incomplete checkpoint-8" in resumed_from
     assert not (output / "final").exists()
     last = run_cli([*arguments(killed), "--resume"], stdout=subprocess.PIPE, text=True)
     stdout, _ = last.communicate(timeout=600)
@@ -242,27 +245,27 @@ def test_bad_records_of_all_mixed_sources_count_in_one_report_and_one_budget(
     write_caption_shard(tmp_path / "cc_sbu" / "00000.tar", [f"c{i}" for i in range(4)], corrupt={"c2"})
     mix = [{**entry, "ratio": ratio} for entry, ratio in zip(PAPER_STAGE2_MIX, (2, 1), strict=True)]
     # laion as a folder of shards, cc_sbu as a brace range
-    data = ["--set", f"laion={tmp_path / 'laion'}", "--set", f"cc_sbu={tmp_path / 'cc_sbu' / '{00000..00000}.tar'}"]
+    data = ["--set", f"laion={tmp_path}/laion", "--set", f"cc_sbu={tmp_path}/cc_sbu/{{00000..00000}}.tar"]
 
     (tmp_path / "ok").mkdir()
-    recipe = write_recipe(tmp_path / "ok", 2, tiny_checkpoint, steps=4, datasets=mix, data={"max_bad_samples": 5})
+    recipe = write_recipe(tmp_path / "ok", 2, tiny_checkpoint, 4, datasets=mix, data={"max_bad_samples": 5})
     with caplog.at_level(logging.WARNING, logger="tinygptv_hf.data.health"):
         assert main(["train", str(recipe), *data]) == 0
     health = json.loads((tmp_path / "ok" / "stage-2" / "data_health.json").read_text())
     assert health["bad"] == {"laion": 2, "cc_sbu": 1} and health["total_bad"] == 3
     assert health["samples"]["laion"] > 0 and health["samples"]["cc_sbu"] > 0
     assert health["total_samples"] == sum(health["samples"].values()) >= 4 * 4
-    assert [message.split(":")[0] for message in caplog.messages] == [f"Skipped bad sample {n}/5" for n in (1, 2, 3)]
+    assert [line.split(":")[0] for line in caplog.messages] == [f"Skipped bad sample {i}/5" for i in (1, 2, 3)]
     last_line = capsys.readouterr().out.splitlines()[-1]
     assert last_line.startswith("stage 2 finished: 4 steps, last logged loss ")
     assert f"{health['total_samples']} samples read, 3 bad and 0 dropped records; model in " in last_line
     assert "log_history" not in last_line and "{" not in last_line
 
     (tmp_path / "stop").mkdir()
-    recipe = write_recipe(tmp_path / "stop", 2, tiny_checkpoint, steps=4, datasets=mix, data={"max_bad_samples": 2})
+    recipe = write_recipe(tmp_path / "stop", 2, tiny_checkpoint, 4, datasets=mix, data={"max_bad_samples": 2})
     assert main(["train", str(recipe), *data]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()[-1:]
-    assert error.startswith("tinygptv train: error: 3 bad samples exceed the error budget max_bad_samples=2; last ")
+    assert error.startswith("tinygptv train: error: 3 bad samples exceed the error budget max_bad_samples=2;")
     assert not (tmp_path / "stop" / "stage-2" / "final").exists()
 
 

@@ -34,7 +34,9 @@ def build_stream(source, shards, read_shard, to_sample, *, seed=0) -> IterableDa
     shards = list(shards)
     if not shards:
         raise ValueError(f"{source}: no shards to read")
-    generate = functools.partial(_generate, source=source, read_shard=read_shard, to_sample=to_sample, seed=seed)
+    generate = functools.partial(
+        _generate, source=source, read_shard=read_shard, to_sample=to_sample, seed=seed
+    )
     return IterableDataset.from_generator(generate, features=SAMPLE_FEATURES, gen_kwargs={"shards": shards})
 
 

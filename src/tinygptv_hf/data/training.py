@@ -49,7 +49,8 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 f"TrainingStream reads a datasets.IterableDataset of rows (a reader's stream), not "
                 f"{type(dataset).__name__}"
             )
-        self.dataset = dataset.decode(False)  # images stay bytes until they leave the buffer
+        # Images stay bytes until they leave the buffer (a dataset of unknown features yields what it yields).
+        self.dataset = dataset.decode(False) if dataset.features else dataset
         self.health = health if health is not None else DataHealth()
         self.shuffle_buffer = int(shuffle_buffer)
         self.seed = seed

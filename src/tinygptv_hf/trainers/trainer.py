@@ -101,7 +101,9 @@ def resolve_checkpoint(output_dir, resume: bool | str) -> Path:
     for _, folder in reversed(found):
         if checkpoint_is_complete(folder):
             if incomplete:
-                logger.warning("Resuming from %s; passed over incomplete %s", folder.name, ", ".join(incomplete))
+                logger.warning(
+                    "Resuming from %s; passed over incomplete %s", folder.name, ", ".join(incomplete)
+                )
             return folder
         incomplete.append(folder.name)
     detail = f" (incomplete: {', '.join(incomplete)})" if incomplete else ""
@@ -218,7 +220,9 @@ class TinyGPTVStageTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             mark = folder / f"{COMPLETE_MARK}.tmp"
-            mark.write_text(json.dumps({"global_step": self.state.global_step, "world_size": self.args.world_size}))
+            mark.write_text(
+                json.dumps({"global_step": self.state.global_step, "world_size": self.args.world_size})
+            )
             os.replace(mark, folder / COMPLETE_MARK)
             rotate_checkpoints(
                 output_dir=str(output_dir),

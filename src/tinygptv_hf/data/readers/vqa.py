@@ -4,8 +4,8 @@ import functools
 import os
 from collections import Counter
 
-from ..samples import image_instruction, make_sample
 from ..health import DroppedRecord
+from ..samples import image_instruction, make_sample
 from ..stream import build_stream, json_parts, read_image, read_json_part, require_dir
 from ..text import VQA_TEMPLATES, blip_caption
 
@@ -18,9 +18,7 @@ def _vqa_stream(ann_paths, image_root, source, num_shards, seed, **how):
     return build_stream(source, parts, read_json_part, to_sample, seed=seed)
 
 
-def read_coco_vqa(
-    ann_paths, image_root, *, source: str = "coco_vqa", num_shards: int = 1, seed: int = 0
-):
+def read_coco_vqa(ann_paths, image_root, *, source: str = "coco_vqa", num_shards: int = 1, seed: int = 0):
     """``vqa_train.json`` + ``vqa_val.json`` (or ``okvqa_train.json`` with ``source="ok_vqa"``): records
     ``{image, question, question_id, answer: [...]}``, image = ``{image_root}/{basename(image)}``.
 
@@ -39,9 +37,7 @@ def read_coco_vqa(
     )
 
 
-def read_aokvqa(
-    ann_paths, image_root, *, source: str = "aok_vqa", num_shards: int = 1, seed: int = 0
-):
+def read_aokvqa(ann_paths, image_root, *, source: str = "aok_vqa", num_shards: int = 1, seed: int = 0):
     """``aokvqa_v1p0_train.json`` (LAVIS): the answer drawn from ``direct_answers`` by frequency; image =
     ``{image_root}/{image}``, absent images dropped as the original does."""
     return _vqa_stream(
