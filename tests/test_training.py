@@ -169,7 +169,7 @@ def stop_at_checkpoint(step: int, arguments: list[str], stderr: Path) -> None:
 
 
 def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterrupted_weights(
-    tiny_checkpoint, small_world, tmp_path
+    tiny_checkpoint, small_world, tmp_path, capsys
 ):
     """kill -9 after checkpoint-8, a write of checkpoint-8 cut off midway, --resume (from checkpoint-6, after the
     first pass over the mix), kill -9 after the last checkpoint, --resume: the final weights are bitwise those of
@@ -199,6 +199,8 @@ def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterr
     for name in (COMPLETE_MARK, "trainer_state.json"):
         (output / "checkpoint-8" / name).unlink()
 
+    assert main([*arguments(killed), "--resume", str(output / "checkpoint-8")]) == 2
+    assert "checkpoint-8 is not a complete checkpoint" in capsys.readouterr().err
     stop_at_checkpoint(10, [*arguments(killed), "--resume"], tmp_path / "second.err")
     resumed_from = (tmp_path / "second.err").read_text()
     assert "Resuming from checkpoint-6; passed over incomplete checkpoint-8" in resumed_from
@@ -212,10 +214,9 @@ def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterr
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
-    assert [e["step"] for e in stage_log(output) if "loss" in e] == list(range(1, 11))
-    assert [e["loss"] for e in stage_log(output) if "loss" in e] == [
-        e["loss"] for e in stage_log(straight / "stage-2") if "loss" in e
-    ]
+    steps = [entry for entry in stage_log(output) if "loss" in entry]
+    assert [entry["step"] for entry in steps] == list(range(1, 11))
+    assert steps == [entry for entry in stage_log(straight / "stage-2") if "loss" in entry]
     health = json.loads((output / "data_health.json").read_text())
     assert health == json.loads((straight / "stage-2" / "data_health.json").read_text())
     assert set(health["samples"]) == {"laion", "cc_sbu"}

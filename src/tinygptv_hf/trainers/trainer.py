@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ProgressCallback, TrainerState
+from transformers.trainer_callback import ProgressCallback, TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from ..checkpoint import save_checkpoint, set_processor_stage
@@ -110,6 +110,14 @@ def resolve_checkpoint(output_dir, resume: bool | str) -> Path:
     raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {output_dir}{detail}")
 
 
+class EpochFromSteps(TrainerCallback):
+    """Over one endless stream Trainer's `epoch` is the share of `max_steps` done; a resumed Trainer would count it
+    from the resume point, so logs before and after a resume would disagree."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch = state.global_step / state.max_steps
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {
         name: parameter.detach().cpu().contiguous()
@@ -160,6 +168,7 @@ class TinyGPTVStageTrainer(Trainer):
             processing_class=processor,
             **kwargs,
         )
+        self.add_callback(EpochFromSteps)
 
     def get_train_dataloader(self) -> DataLoader:
         """The stream read in this process without look-ahead, so that between two steps its state is exactly
