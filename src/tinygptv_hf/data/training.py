@@ -49,6 +49,10 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 f"TrainingStream reads a datasets.IterableDataset of rows (a reader's stream), not "
                 f"{type(dataset).__name__}"
             )
+        self.source = dataset
+        # `datasets`' shuffle with a buffer of one keeps no sample out of its state; it reads the shards in a
+        # seeded order, up to 10 at a time in threads (the decoding runs in parallel), and nothing else.
+        dataset = dataset.shuffle(seed=seed, buffer_size=1)
         # Images stay bytes until they leave the buffer (a dataset of unknown features yields what it yields).
         self.dataset = dataset.decode(False) if dataset.features else dataset
         self.health = health if health is not None else DataHealth()
@@ -64,7 +68,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         if world_size == 1:
             return self
         return TrainingStream(
-            shard_for_rank(self.dataset, rank, world_size),
+            shard_for_rank(self.source, rank, world_size),
             health=self.health,
             shuffle_buffer=self.shuffle_buffer,
             seed=self.seed,
