@@ -6,15 +6,16 @@ discarding) every batch it already trained on, restarting a finished pass at its
 ends, so the trainer sees one epoch, and it carries its own position:
 
 * the pass number (each pass is `datasets`' ``set_epoch(pass)``: a new shard order and a new mixing draw);
-* the `datasets` state of the mixed stream (``IterableDataset.state_dict()``: per source the shard and the offset
-  in it, plus the interleaving RNG). `datasets` resumes inside a shard by reading that shard up to the offset
-  again, so a resume re-reads at most one shard per source, never the run so far;
+* the `datasets` state of the mixed stream (``IterableDataset.state_dict()``: per source the shards being read and
+  the offset in each, plus the interleaving RNG). `datasets` resumes inside a shard by reading that shard up to
+  the offset again, so a resume re-reads at most the shards it was in the middle of, never the run so far;
 * the shuffle buffer's content and RNG state (`datasets`' own ``shuffle`` buffer is not part of its state, so the
   buffer is kept here, undecoded, and saved with the checkpoint);
 * the `DataHealth` counts, which are made at this point, after mixing, in reading order.
 
-Everything happens in the process that iterates (a DataLoader with ``num_workers=0``), so ``state_dict()`` taken
-between two batches is exactly the position after the last sample handed out.
+Everything happens in the process that iterates (a DataLoader with ``num_workers=0``; `datasets` reads shards in
+threads of it, and its state counts only what it handed out), so ``state_dict()`` taken between two batches is
+exactly the position after the last sample handed out.
 """
 
 import json
