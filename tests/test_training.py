@@ -384,3 +384,10 @@ def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint
     recipe.write_text(yaml.safe_dump(broken))
     assert main(["train", str(recipe), *variables(world)]) == 2
     assert "lora_rank" in capsys.readouterr().err
+
+    broken["stage_overrides"].pop("lora_rank")
+    broken["training"]["dataloader_num_workers"] = 2  # the stream's position must stay in the training process
+    recipe.write_text(yaml.safe_dump(broken))
+    assert main(["train", str(recipe), *variables(world)]) == 2
+    assert "dataloader_num_workers must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "stage-2" / "final").exists()
