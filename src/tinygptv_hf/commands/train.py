@@ -12,7 +12,7 @@ def add_parser(subparsers):
         nargs="?",
         const=True,
         default=False,
-        help="continue from the newest (or the given) checkpoint",
+        help="continue from the newest complete (or the given) checkpoint",
     )
     parser.set_defaults(run=run)
 
@@ -31,5 +31,5 @@ def run(args):
     from ..trainers.recipe import Recipe, run_recipe
 
     recipe = Recipe.load(args.recipe, parse_variables(args.set))
-    final = run_recipe(recipe, resume=args.resume)
-    print(f"stage {recipe.stage} finished: {final}")
+    result = run_recipe(recipe, resume=args.resume)
+    print(f"stage {recipe.stage} finished: {result.summary()}")
