@@ -91,3 +91,39 @@ def test_state_dict_resumes_where_the_stream_stopped(tmp_path):
     resumed = data.read_webdataset_captions(spec)
     resumed.load_state_dict(state)
     assert head + answers(resumed) == full
+
+
+def take(stream, n):
+    iterator = iter(stream)
+    return [next(iterator)["turns"][0]["answer"] for _ in range(n)]
+
+
+def test_training_stream_resumes_exactly_in_a_later_pass_from_its_saved_position(tmp_path):
+    """Stage 2's mix (laion 115 : cc_sbu 14, every source read until all are exhausted) through a shuffle buffer:
+    a stream restored from a position saved in its second pass goes on exactly as the uninterrupted one."""
+    laion = write_shards(tmp_path / "laion", 2, 3)
+    cc_sbu = write_shards(tmp_path / "cc_sbu", 1, 4)
+
+    def stream():
+        sources = [(data.read_webdataset_captions(laion, source="laion"), 115),
+                   (data.read_webdataset_captions(cc_sbu, source="cc_sbu"), 14)]
+        return data.TrainingStream(data.mix_datasets(sources, seed=0), shuffle_buffer=4, seed=0)
+
+    reference, passes, counts = stream(), [], []
+    iterator = iter(reference)
+    full = []
+    for _ in range(90):
+        full.append(next(iterator)["turns"][0]["answer"])
+        passes.append(reference.state_dict()["pass"])
+        counts.append(reference.health.summary())
+    stop = passes.index(1) + 5  # inside the second pass
+    assert passes[-1] >= 1 and full[: passes.index(1)] != full[passes.index(1):][: passes.index(1)]
+
+    first = stream()
+    head = take(first, stop)
+    first.save(tmp_path, "position")
+    resumed = stream()
+    resumed.load(tmp_path, "position")
+    assert resumed.state_dict()["pass"] == 1 and len(resumed.state_dict()["buffer"]) == 4
+    assert head + take(resumed, len(full) - stop) == full
+    assert resumed.health.summary() == counts[-1]  # nothing before the position was counted again

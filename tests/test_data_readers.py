@@ -166,11 +166,12 @@ def test_coco_vqa_samples_answers_by_frequency_and_drops_questions_without_image
     health = data.DataHealth()
     answers = []
     for seed in range(40):
-        (instruction, answer), = turns(only(data.read_coco_vqa(ann, tmp_path / "img", seed=seed, health=health)))
+        stream = data.read_coco_vqa(ann, tmp_path / "img", seed=seed)
+        (instruction, answer), = turns(only([row for row in stream if health.admit(row)]))
         assert instruction in {f"{IMG} {t.format('what colour?')} " for t in text.VQA_TEMPLATES}
         answers.append(answer)
     assert set(answers) == {"red", "blue"} and answers.count("red") >= 30
-    assert health.total_bad == 0 and health.good["coco_vqa"] == 40
+    assert health.total_bad == 0 and health.samples["coco_vqa"] == 40 and health.dropped["coco_vqa"] == 40
 
 
 def test_aokvqa_and_gqa(tmp_path):

@@ -57,41 +57,40 @@ def test_scenes_are_unambiguous_and_inside_the_image():
 
 
 def read_all(stream, health):
-    samples = list(stream)
-    assert samples and health.total_bad == 0
+    samples = [row for row in stream if health.admit(row)]
+    assert samples and health.total_bad == health.total_dropped == 0
     return samples
 
 
 def test_every_training_format_reads_back_through_the_readers(world):
     health = data.DataHealth(max_bad_samples=0)
-    captions = read_all(data.read_webdataset_captions(world["webdataset"], health=health), health)
+    captions = read_all(data.read_webdataset_captions(world["webdataset"]), health)
     assert len(captions) == 24 and all(s["turns"][0]["instruction"] == "" for s in captions)
     assert captions[0]["image"].size == (96, 96)
-    align = read_all(data.read_cc_sbu_align(world["cc_sbu_align"], health=health), health)
+    align = read_all(data.read_cc_sbu_align(world["cc_sbu_align"]), health)
     assert all(s["turns"][0]["answer"].startswith("The image shows") for s in align)
-    vqa = read_all(data.read_coco_vqa(world["coco_vqa"], world["coco_images"], health=health), health)
+    vqa = read_all(data.read_coco_vqa(world["coco_vqa"], world["coco_images"]), health)
     assert {s["turns"][0]["answer"] for s in vqa} <= set(scenes.VQA_ANSWERS)
     assert all("[vqa]" in s["turns"][0]["instruction"] for s in vqa)
-    refer = read_all(data.read_refcoco(world["refer_root"], world["coco_images"], health=health), health)
+    refer = read_all(data.read_refcoco(world["refer_root"], world["coco_images"]), health)
     assert all(re.fullmatch(r"\{<\d+><\d+><\d+><\d+>\}", s["turns"][0]["answer"]) for s in refer)
-    read_all(data.read_refcoco(world["refer_root"], world["coco_images"], inverse=True, health=health), health)
-    read_all(data.read_llava_instruct(world["llava_detail"], world["coco_images"], health=health), health)
+    read_all(data.read_refcoco(world["refer_root"], world["coco_images"], inverse=True), health)
+    read_all(data.read_llava_instruct(world["llava_detail"], world["coco_images"]), health)
     for task in ("grounded_caption", "caption_to_phrase", "phrase_to_box"):
-        grounded = read_all(data.read_flickr(world[f"flickr_{task}"], world["flickr_images"], task=task,
-                                             health=health), health)
+        stream = data.read_flickr(world[f"flickr_{task}"], world["flickr_images"], task=task)
+        grounded = read_all(stream, health)
         assert all("<p>" in s["turns"][0]["answer"] for s in grounded)
 
 
 def test_held_out_sets_use_only_held_out_images(world):
     health = data.DataHealth(max_bad_samples=0)
-    testdev = read_all(data.read_gqa(world["gqa_testdev"], world["gqa_images"], health=health), health)
+    testdev = read_all(data.read_gqa(world["gqa_testdev"], world["gqa_images"]), health)
     assert len(os.listdir(world["gqa_images"])) == 6 and len(testdev) >= 6 * 4
     refs = data.load_refer_pickle(os.path.join(world["refer_root"], "refcoco", "refs(unc).p"))
     train_ids = {r["image_id"] for r in refs if r["split"] == "train"}
     eval_ids = {r["image_id"] for r in refs if r["split"] == world["refcoco_eval_split"]}
     assert train_ids == set(range(1, 25)) and eval_ids == set(range(25, 31))
-    held_out = read_all(data.read_refcoco(world["refer_root"], world["coco_images"], split="val",
-                                          health=health), health)
+    held_out = read_all(data.read_refcoco(world["refer_root"], world["coco_images"], split="val"), health)
     assert len(held_out) == len([r for r in refs if r["split"] == "val"])
 
 

@@ -106,7 +106,10 @@ class Answers:
                     time.sleep(0.25)
                     yield piece
             else:
-                yield from self.stream(messages, images, settings)
+                # The tiny model answers in milliseconds; a pause between pieces lets a busy browser see each one.
+                for piece in self.stream(messages, images, settings):
+                    time.sleep(0.1)
+                    yield piece
         finally:
             with self.changed:
                 self.finished += 1

@@ -1,22 +1,28 @@
 """The four stages through `tinygptv train` on a tiny model and small data in the original's real formats."""
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tinygptv_hf.cli import main
+from tinygptv_hf.data import image_instruction
 from tinygptv_hf.data.synthetic import write_synthetic_world
 from tinygptv_hf.stages import STAGES
+from tinygptv_hf.trainers import TinyGPTVCollator
+from tinygptv_hf.trainers.trainer import COMPLETE_MARK
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,15 +48,24 @@ def world(tmp_path_factory):
     }
 
 
-def write_recipe(folder: Path, stage: int, model: Path, steps: int, **training) -> Path:
+def write_recipe(
+    folder: Path, stage: int, model: Path, steps: int, datasets=None, data=None, overrides=None, **training
+) -> Path:
     recipe = {
         "stage": stage,
         "model": {"path": str(model), "attn_implementation": "eager"},
         "stage_overrides": {
             "image_size": 56 if stage < 4 else 112,
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            **(overrides or {}),
         },
-        "data": {"seed": 0, "shuffle_buffer": 8, "max_bad_samples": 0, "datasets": STAGE_DATA[stage]},
+        "data": {
+            "seed": 0,
+            "shuffle_buffer": 8,
+            "max_bad_samples": 0,
+            "datasets": datasets or STAGE_DATA[stage],
+            **(data or {}),
+        },
         "training": {
             "output_dir": str(folder / f"stage-{stage}"),
             "max_steps": steps,
@@ -123,40 +138,164 @@ def run_cli(arguments: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
-def test_sigkill_and_resume_gives_the_uninterrupted_weights(tiny_checkpoint, world, tmp_path):
+# Stage 2's mix as the paper recipe declares it: every source read until all are exhausted, so the small cc_sbu
+# ends a pass after a few steps and laion is read again within it.
+PAPER_STAGE2_MIX = [
+    {"reader": "webdataset_captions", "ratio": 115, "shards": "${laion}", "source": "laion"},
+    {"reader": "webdataset_captions", "ratio": 14, "shards": "${cc_sbu}", "source": "cc_sbu"},
+]
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    world = write_synthetic_world(root, seed=3, n_train=12, n_eval=1, image_size=56, num_shards=6)
+    shards = world["webdataset"].replace("{00000..00005}", "{}")
+    return {"laion": shards.format("{00000..00004}"), "cc_sbu": shards.format("00005")}
+
+
+def stop_at_checkpoint(step: int, arguments: list[str], stderr: Path) -> None:
+    """Run training until it has completed checkpoint-`step`, then kill -9 it there."""
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "stop_at_checkpoint.py"), str(step), *arguments],
+            cwd=REPO,
+            stderr=errors,
+        )
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"the run ended before checkpoint-{step}: {stderr.read_text()[-3000:]}"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def test_kill_in_a_later_pass_and_at_the_last_checkpoint_resumes_to_the_uninterrupted_weights(
+    tiny_checkpoint, small_world, tmp_path, capsys
+):
+    """kill -9 after checkpoint-8, a write of checkpoint-8 cut off midway, --resume (from checkpoint-6, after the
+    first pass over the mix), kill -9 after the last checkpoint, --resume: the final weights are bitwise those of
+    an uninterrupted run, with no step more and no sample counted twice."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
 
     def arguments(folder):
-        recipe = write_recipe(folder, 2, tiny_checkpoint, steps=8, save_steps=4)
-        return ["train", str(recipe), *variables(world)]
+        recipe = write_recipe(
+            folder,
+            2,
+            tiny_checkpoint,
+            steps=10,
+            datasets=PAPER_STAGE2_MIX,
+            overrides={"lora": {"r": 4, "alpha": 8, "dropout": 0.05}},  # resume must restore the dropout RNG
+            save_steps=2,
+        )
+        return ["train", str(recipe), *variables(small_world)]
 
     assert run_cli(arguments(straight)).wait(timeout=600) == 0
+    output = killed / "stage-2"
+    stop_at_checkpoint(8, arguments(killed), tmp_path / "first.err")
+    position = json.loads((output / "checkpoint-6" / "stream-rank0.json").read_text())
+    assert position["pass"] >= 1  # after the first pass over the mix
+    # What a kill while checkpoint-8 was being written leaves: no trainer state, no completion mark.
+    for name in (COMPLETE_MARK, "trainer_state.json"):
+        (output / "checkpoint-8" / name).unlink()
 
-    process = run_cli(arguments(killed))
-    checkpoint = killed / "stage-2" / "checkpoint-4"
-    deadline = time.time() + 600
-    while not (checkpoint / "trainer_state.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "stage-2" / "final").exists()
+    assert main([*arguments(killed), "--resume", str(output / "checkpoint-8")]) == 2
+    assert "checkpoint-8 is not a complete checkpoint" in capsys.readouterr().err
+    stop_at_checkpoint(10, [*arguments(killed), "--resume"], tmp_path / "second.err")
+    resumed_from = (tmp_path / "second.err").read_text()
+    assert "Resuming from checkpoint-6; passed over incomplete checkpoint-8" in resumed_from
+    assert not (output / "final").exists()
+    last = run_cli([*arguments(killed), "--resume"], stdout=subprocess.PIPE, text=True)
+    stdout, _ = last.communicate(timeout=600)
+    assert last.returncode == 0
+    assert stdout.splitlines()[-1].startswith("stage 2 finished: 10 steps, last logged loss ")
 
-    assert run_cli([*arguments(killed), "--resume"]).wait(timeout=600) == 0
-    expected, resumed = weights(straight / "stage-2" / "final"), weights(killed / "stage-2" / "final")
+    expected, resumed = weights(straight / "stage-2" / "final"), weights(output / "final")
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
-    # The stream continued where it stopped: the resumed steps saw the same losses as the uninterrupted run.
-    assert stage_log(killed / "stage-2")[-1]["step"] == 8
+    steps = [entry for entry in stage_log(output) if "loss" in entry]
+    assert [entry["step"] for entry in steps] == list(range(1, 11))
+    assert steps == [entry for entry in stage_log(straight / "stage-2") if "loss" in entry]
+    health = json.loads((output / "data_health.json").read_text())
+    assert health == json.loads((straight / "stage-2" / "data_health.json").read_text())
+    assert set(health["samples"]) == {"laion", "cc_sbu"}
 
-    def tail(folder):
-        return [e["loss"] for e in stage_log(folder / "stage-2") if "loss" in e and e["step"] > 4]
 
-    assert tail(killed) == pytest.approx(tail(straight), rel=1e-5)
+def write_caption_shard(path: Path, keys: list[str], corrupt=()) -> None:
+    """A webdataset shard of real JPEGs and captions; the JPEGs of `corrupt` keys are cut to a third."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for index, key in enumerate(keys):
+            buffer = io.BytesIO()
+            Image.new("RGB", (56, 56), (40 * index % 256, 120, 200)).save(buffer, format="JPEG")
+            image = buffer.getvalue()[: buffer.tell() // 3] if key in corrupt else buffer.getvalue()
+            caption = json.dumps({"caption": f"a square of shade {index}"}).encode()
+            for extension, payload in (("jpg", image), ("json", caption)):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def test_bad_records_of_all_mixed_sources_count_in_one_report_and_one_budget(
+    tiny_checkpoint, tmp_path, capsys, caplog
+):
+    """Stage 2's two webdataset sources mixed by ratio, with bad records in both: the report counts all three, the
+    log counts them 1/5, 2/5, 3/5 across sources, and a budget of 2 stops the run in one line with status 2."""
+    write_caption_shard(tmp_path / "laion" / "00000.tar", [f"l{i}" for i in range(6)], corrupt={"l1", "l4"})
+    write_caption_shard(tmp_path / "cc_sbu" / "00000.tar", [f"c{i}" for i in range(4)], corrupt={"c2"})
+    mix = [{**entry, "ratio": ratio} for entry, ratio in zip(PAPER_STAGE2_MIX, (2, 1), strict=True)]
+    # laion as a folder of shards, cc_sbu as a brace range
+    data = ["--set", f"laion={tmp_path}/laion", "--set", f"cc_sbu={tmp_path}/cc_sbu/{{00000..00000}}.tar"]
+
+    (tmp_path / "ok").mkdir()
+    recipe = write_recipe(tmp_path / "ok", 2, tiny_checkpoint, 4, datasets=mix, data={"max_bad_samples": 5})
+    with caplog.at_level(logging.WARNING, logger="tinygptv_hf.data.health"):
+        assert main(["train", str(recipe), *data]) == 0
+    health = json.loads((tmp_path / "ok" / "stage-2" / "data_health.json").read_text())
+    assert health["bad"] == {"laion": 2, "cc_sbu": 1} and health["total_bad"] == 3
+    assert health["samples"]["laion"] > 0 and health["samples"]["cc_sbu"] > 0
+    assert health["total_samples"] == sum(health["samples"].values()) >= 4 * 4
+    assert [line.split(":")[0] for line in caplog.messages] == [f"Skipped bad sample {i}/5" for i in (1, 2, 3)]
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line.startswith("stage 2 finished: 4 steps, last logged loss ")
+    assert f"{health['total_samples']} samples read, 3 bad and 0 dropped records; model in " in last_line
+    assert "log_history" not in last_line and "{" not in last_line
+
+    (tmp_path / "stop").mkdir()
+    recipe = write_recipe(tmp_path / "stop", 2, tiny_checkpoint, 4, datasets=mix, data={"max_bad_samples": 2})
+    assert main(["train", str(recipe), *data]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert error.startswith("tinygptv train: error: 3 bad samples exceed the error budget max_bad_samples=2;")
+    assert not (tmp_path / "stop" / "stage-2" / "final").exists()
+
+
+def test_an_over_long_sample_is_cut_to_the_context_instead_of_stopping_the_run(tiny_checkpoint):
+    """A LLaVA answer and a question longer than the tiny model's 512-token context, with stage 4's 1024-token
+    answer cap: the answer is cut to what the context leaves, the question's text to the context (its image
+    tokens stay), and the model trains on both."""
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    spec = STAGES[4]
+    collator = TinyGPTVCollator(
+        processor, prompt_template=spec.prompt_template, end_symbol=spec.end_symbol, max_text_length=1024
+    )
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    answer = "The red square sits left of a blue circle, and both rest on a grey floor. " * 40
+    question = "Look closely at every shape and its colour in this picture and then " * 80
+    batch = collator(
+        [
+            {"image": image, "turns": [{"instruction": image_instruction(q), "answer": a}], "source": "llava"}
+            for q, a in (("Describe it.", answer), (question, "Yes."))
+        ]
+    )
+    context = processor.context_length
+    assert batch["attention_mask"].sum(dim=1).tolist() == [context, context] and context < 1024
+    image_tokens = (batch["input_ids"] == processor.image_token_id).sum(dim=1)
+    assert image_tokens.tolist() == [processor.num_query_tokens] * 2
+    labelled = (batch["labels"] != -100).sum(dim=1).tolist()
+    assert labelled[0] > context - 100 and labelled[1] == 1
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
+    assert torch.isfinite(model(**batch).loss)
 
 
 def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
@@ -245,3 +384,10 @@ def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint
     recipe.write_text(yaml.safe_dump(broken))
     assert main(["train", str(recipe), *variables(world)]) == 2
     assert "lora_rank" in capsys.readouterr().err
+
+    broken["stage_overrides"].pop("lora_rank")
+    broken["training"]["dataloader_num_workers"] = 2  # the stream's position must stay in the training process
+    recipe.write_text(yaml.safe_dump(broken))
+    assert main(["train", str(recipe), *variables(world)]) == 2
+    assert "dataloader_num_workers must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "stage-2" / "final").exists()

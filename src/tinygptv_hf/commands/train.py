@@ -12,7 +12,7 @@ def add_parser(subparsers):
         nargs="?",
         const=True,
         default=False,
-        help="continue from the newest (or the given) checkpoint",
+        help="continue from the newest complete (or the given) checkpoint",
     )
     parser.set_defaults(run=run)
 
@@ -45,4 +45,4 @@ def run(args):
             recipe.stage,
             update_main=bool(recipe.push.get("update_main", False)),
         )
-    print(f"stage {recipe.stage} finished: {result.final}")
+    print(f"stage {recipe.stage} finished: {result.summary()}")

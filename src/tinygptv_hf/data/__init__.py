@@ -1,5 +1,6 @@
 """Training data as `datasets` streams: readers for the original's on-disk formats and users' ``messages`` data,
-one uniform sample schema, bad-sample accounting, mixing and rank sharding, and the synthetic demo world."""
+one uniform row schema, mixing and rank sharding, the resumable stream a trainer reads with its bad-sample
+accounting, and the synthetic demo world."""
 
 from .health import BadSample, DataBudgetExceeded, DataHealth
 from .mixing import mix_datasets, shard_for_rank
@@ -22,12 +23,14 @@ from .readers import (
 from .samples import SAMPLE_FEATURES, image_instruction, make_sample
 from .synthetic import write_synthetic_world
 from .text import blip_caption, box_to_text, corners_to_text, phrase_with_boxes
+from .training import TrainingStream
 
 __all__ = [
     "SAMPLE_FEATURES",
     "BadSample",
     "DataBudgetExceeded",
     "DataHealth",
+    "TrainingStream",
     "blip_caption",
     "box_to_text",
     "corners_to_text",

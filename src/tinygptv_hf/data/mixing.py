@@ -11,7 +11,8 @@ def mix_datasets(datasets_with_ratios, seed: int = 42, stopping_strategy: str = 
     ratios are the recipe's ``sample_ratio`` (stage 4: refcoco 25, gqa 50, ...). The original draws a dataset per
     *batch*; drawing per sample gives the same proportions and lets one batch mix tasks. The default
     ``"all_exhausted"`` keeps re-reading the smaller datasets until every one has been seen once, so a small
-    dataset is not cut off by a large one; ``"first_exhausted"`` stops at the first dataset that runs out.
+    dataset is not cut off by a large one; ``"first_exhausted"`` stops at the first dataset that runs out. Draws
+    count rows, so a record a reader skips (see `tinygptv_hf.data.samples`) takes its dataset's draw.
     """
     pairs = (
         list(datasets_with_ratios.values())

@@ -1,10 +1,11 @@
-"""The one mechanism behind every reader: shards of records in, a `datasets.IterableDataset` of samples out.
+"""The one mechanism behind every reader: shards of records in, a `datasets.IterableDataset` of rows out.
 
 A reader declares three things: its shard list (files, or parts of one annotation file), how to read the records
 of a shard, and how to turn one record into a sample. This module does the rest the same way for all of them:
 streaming through ``IterableDataset.from_generator`` (shards in ``gen_kwargs``, so ranks and workers split by
 shard and ``state_dict`` resumes mid-shard), one seeded RNG per record (the same prompt is drawn for a record
-whatever the order, sharding or resume point), and skip-count-log of bad samples through `DataHealth`.
+whatever the order, sharding or resume point), and one row per record: a sample, or a skip row naming the shard,
+the key and the reason (counted later by `DataHealth.admit`, see `tinygptv_hf.data.health`).
 """
 
 import functools
@@ -19,32 +20,27 @@ from dataclasses import dataclass
 from datasets import IterableDataset
 from PIL import Image
 
-from .health import BadRecord, DataHealth
-from .samples import SAMPLE_FEATURES
+from .health import BAD, DROPPED, BadRecord, DroppedRecord, describe
+from .samples import SAMPLE_FEATURES, skipped_record
 
 
-def build_stream(source, shards, read_shard, to_sample, *, health=None, seed=0) -> IterableDataset:
-    """A streaming dataset of uniform samples.
+def build_stream(source, shards, read_shard, to_sample, *, seed=0) -> IterableDataset:
+    """A streaming dataset of rows in the uniform schema.
 
-    ``read_shard(shard)`` yields ``(key, record)``; ``to_sample(record, rng)`` returns a sample, or None to drop a
-    record silently as the original does (a COCO-VQA question whose image is absent). Any exception from either is
-    a bad sample: skipped, counted and logged with its shard and key.
+    ``read_shard(shard)`` yields ``(key, record)``; ``to_sample(record, rng)`` returns a sample, or raises
+    `DroppedRecord` for a record the original drops by design (a COCO-VQA question whose image is absent). Any
+    other exception from either is a bad record. Both become skip rows; an unreadable rest of a shard is one.
     """
     shards = list(shards)
     if not shards:
         raise ValueError(f"{source}: no shards to read")
     generate = functools.partial(
-        _generate,
-        source=source,
-        read_shard=read_shard,
-        to_sample=to_sample,
-        health=health if health is not None else DataHealth(),
-        seed=seed,
+        _generate, source=source, read_shard=read_shard, to_sample=to_sample, seed=seed
     )
     return IterableDataset.from_generator(generate, features=SAMPLE_FEATURES, gen_kwargs={"shards": shards})
 
 
-def _generate(shards, source, read_shard, to_sample, health, seed):
+def _generate(shards, source, read_shard, to_sample, seed):
     for shard in shards:
         location = shard_location(shard)
         key = "<start>"
@@ -55,20 +51,19 @@ def _generate(shards, source, read_shard, to_sample, health, seed):
             except StopIteration:
                 break
             except BadRecord as error:
-                health.record_bad(source, location, error.key, str(error))
+                yield skipped_record(source, BAD, location, error.key, str(error))
                 break
-            except Exception as error:  # noqa: BLE001 - an unreadable rest of a shard is one bad sample
-                health.record_bad(source, location, f"after {key}", error)
+            except Exception as error:  # noqa: BLE001 - an unreadable rest of a shard is one bad record
+                yield skipped_record(source, BAD, location, f"after {key}", describe(error))
                 break
             rng = random.Random(f"{seed}/{source}/{os.path.basename(location)}/{key}")
             try:
-                sample = to_sample(record, rng)
+                row = to_sample(record, rng)
+            except DroppedRecord as error:
+                row = skipped_record(source, DROPPED, location, key, str(error))
             except Exception as error:  # noqa: BLE001 - whatever is wrong with a record, it is skipped
-                health.record_bad(source, location, key, error)
-                continue
-            if sample is not None:
-                health.record_good(source)
-                yield sample
+                row = skipped_record(source, BAD, location, key, describe(error))
+            yield row
 
 
 def shard_location(shard) -> str:
@@ -98,10 +93,11 @@ def require_dir(path, what: str) -> str:
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
-def expand_shards(spec, what: str = "shard") -> list[str]:
-    """Shard paths from a path, a glob, a webdataset brace range (``{00000..05244}.tar``) or a list of those.
+def expand_shards(spec, what: str = "shard", extensions: tuple[str, ...] = (".tar",)) -> list[str]:
+    """Shard paths from a path, a folder, a glob, a webdataset brace range (``{00000..05244}.tar``) or a list.
 
-    Every named shard must exist, so a wrong path fails at construction rather than mid-run.
+    A folder stands for its files ending in one of ``extensions``, in name order. Every named shard must exist,
+    so a wrong path fails at construction rather than mid-run.
     """
     specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
     paths: list[str] = []
@@ -119,6 +115,14 @@ def expand_shards(spec, what: str = "shard") -> list[str]:
             found = sorted(glob.glob(item))
             if not found:
                 raise FileNotFoundError(f"no {what} matches {item}")
+            paths.extend(found)
+        elif os.path.isdir(item):
+            found = sorted(entry.path for entry in os.scandir(item) if entry.name.endswith(extensions))
+            if not found:
+                raise FileNotFoundError(
+                    f"folder {item} holds no {what} ({' or '.join(extensions)} files); pass the shards' paths, a "
+                    f"glob or a brace range such as {os.path.join(item, '{00000..00099}' + extensions[0])}"
+                )
             paths.extend(found)
         else:
             paths.append(item)

@@ -5,7 +5,7 @@ stage: 2
 model: {path: runs/stage-1/final}          # a folder or Hub id; other keys go to from_pretrained (revision, ...)
 stage_overrides: {}                         # e.g. {extra_trainable: ['\\.vision_model\\.']}, {lora: {r: 16}}
 data:
-  max_bad_samples: 100                      # skipped bad samples allowed before the run stops
+  max_bad_samples: 100                      # bad records the run may skip (all sources together) before it stops
   seed: 42
   shuffle_buffer: 1000                      # samples shuffled in a buffer, as the original's webdataset
   datasets:                                 # `reader` names tinygptv_hf.data.read_<reader>; other keys are its args
@@ -17,6 +17,7 @@ push: {repo: me/tinygptv, update_main: false}   # optional
 """
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ import yaml
 from transformers import TrainingArguments
 
 from .. import data as data_readers
-from ..data import DataHealth, mix_datasets
+from ..data import DataHealth, TrainingStream, mix_datasets
 from ..stages import TRAINING_STAGES, StageSpec
+
+logger = logging.getLogger(__name__)
 
 VARIABLE = re.compile(r"\$\{(\w+)\}")
 
@@ -94,8 +97,8 @@ class Recipe:
         )
         return TrainingArguments(**{**defaults, **self.training})
 
-    def datasets(self, health: DataHealth):
-        """The recipe's datasets, each a stream of uniform samples, mixed by their ratios."""
+    def datasets(self):
+        """The recipe's datasets, each a stream of uniform rows, mixed by their ratios."""
         entries = self.data.get("datasets") or []
         if not entries:
             raise ValueError(f"{self.source}: data.datasets is empty")
@@ -107,10 +110,17 @@ class Recipe:
             reader = getattr(data_readers, f"read_{reader_name}", None)
             if reader is None:
                 raise ValueError(f"{self.source}: unknown reader {reader_name!r}")
-            streams.append((reader(**entry, health=health, seed=seed), ratio))
-        mixed = mix_datasets(streams, seed=seed)
-        buffer = int(self.data.get("shuffle_buffer", 1000))
-        return mixed.shuffle(seed=seed, buffer_size=buffer) if buffer > 1 else mixed
+            streams.append((reader(**entry, seed=seed), ratio))
+        return mix_datasets(streams, seed=seed)
+
+    def training_stream(self) -> TrainingStream:
+        """The mixed datasets as the trainer reads them: shuffled in a buffer, counted against the error budget."""
+        return TrainingStream(
+            self.datasets(),
+            health=DataHealth(int(self.data.get("max_bad_samples", 100))),
+            shuffle_buffer=int(self.data.get("shuffle_buffer", 1000)),
+            seed=int(self.data.get("seed", 42)),
+        )
 
 
 def substitute(value, variables: dict, source: str):
@@ -134,20 +144,33 @@ class StageResult:
     data_health: dict
     main_process: bool = True  # False on the other ranks of a distributed run, which must not write or push
 
+    def summary(self) -> str:
+        """One line: how far the stage trained, what its data gave and where the model is."""
+        losses = [entry["loss"] for entry in self.log_history if "loss" in entry]
+        steps = max((entry.get("step", 0) for entry in self.log_history), default=0)
+        health = self.data_health
+        data = (
+            f"{health['total_samples']} samples read, {health['total_bad']} bad and {health['total_dropped']} "
+            f"dropped records"
+        )
+        if health["sources_without_samples"]:
+            data += f" (no samples from {', '.join(health['sources_without_samples'])})"
+        trained = f"{steps} steps" + (f", last logged loss {losses[-1]:.4f}" if losses else "")
+        return f"{trained}; {data}; model in {self.final}"
+
 
 def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=None) -> StageResult:
     """Train one stage end to end; `final` is the stage's complete (merged) checkpoint folder. The card and the
     recipe's `push` are the caller's (`tinygptv train`, the demo): see `cards.recipe_card`.
 
-    `resume=True` continues from the newest `checkpoint-*` in the output folder, a path from that checkpoint.
+    `resume=True` continues from the newest complete `checkpoint-*` in the output folder, a path from that
+    checkpoint. The log history and the data report (`data_health.json`) are written to the output folder.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .trainer import STAGE_TRAINERS
 
-    health = DataHealth(int(recipe.data.get("max_bad_samples", 100)))
-    train_dataset = recipe.datasets(health)  # missing data paths fail here, before any model is loaded
+    train_stream = recipe.training_stream()  # missing data paths fail here, before any model is loaded
     args = recipe.training_arguments()
     model_kwargs = dict(recipe.model)
     path = model_kwargs.pop("path")
@@ -159,25 +182,22 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
         model,
         args,
         processor=processor,
-        train_dataset=train_dataset,
+        train_dataset=train_stream,
         stage_spec=recipe.spec,
         callbacks=trainer_callbacks,
     )
-    checkpoint = resume
-    if resume is True:
-        checkpoint = get_last_checkpoint(args.output_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {args.output_dir}")
-    trainer.train(resume_from_checkpoint=checkpoint or None)
+    trainer.train(resume_from_checkpoint=resume or None)
     final = trainer.finish_stage()
     result = StageResult(
         final=final,
         log_history=list(trainer.state.log_history),
-        data_health=health.summary(),
+        data_health=trainer.data_health(),
         main_process=trainer.is_world_process_zero(),
     )
     if not result.main_process:
         return result
+    for source in result.data_health["sources_without_samples"]:
+        logger.warning("%s gave no sample in this whole run: check its paths (data_health.json)", source)
     output = Path(args.output_dir)
     (output / "data_health.json").write_text(json.dumps(result.data_health, indent=2))
     (output / "log_history.json").write_text(json.dumps(result.log_history, indent=2))

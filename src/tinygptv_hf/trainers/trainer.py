@@ -1,20 +1,30 @@
 """One Trainer for every stage; the four stage trainers differ only in the `StageSpec` they declare.
 
 The trainer freezes what the stage freezes, adds LoRA through peft, builds the original's sequences with
-`TinyGPTVCollator`, decays only matrices, checkpoints the trainable tensors (all that changes, so resuming is
-exact and cheap) and ends by writing a merged, complete checkpoint folder plus the stage's adapter.
+`TinyGPTVCollator`, decays only matrices and ends by writing a merged, complete checkpoint folder plus the stage's
+adapter. It reads its data as a `TrainingStream` and checkpoints the trainable tensors (all that changes) with the
+optimizer, scheduler and RNG states and the stream's position, so that a resumed run continues exactly where the
+checkpoint was taken, at any step, in any pass over the data, without re-reading what came before. A checkpoint
+is marked complete only once every file is written; resuming takes the newest complete one.
 """
 
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ProgressCallback, TrainerCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from ..checkpoint import save_checkpoint, set_processor_stage
+from ..data import DataHealth, TrainingStream
 from ..stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 from .collator import TinyGPTVCollator
 from .inputs import training_samples
@@ -22,6 +32,51 @@ from .inputs import training_samples
 logger = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"
+COMPLETE_MARK = "checkpoint_complete.json"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_is_complete(folder) -> bool:
+    return (Path(folder) / COMPLETE_MARK).is_file()
+
+
+def resolve_checkpoint(output_dir, resume: bool | str) -> Path:
+    """The checkpoint to resume from: the given folder, which must be complete, or for ``resume=True`` the
+    newest complete ``checkpoint-N`` in ``output_dir`` (newer ones without the mark were cut off while being
+    written, by a kill or a crash, and are passed over with a warning)."""
+    if resume is not True:
+        folder = Path(resume)
+        if not checkpoint_is_complete(folder):
+            raise ValueError(
+                f"{folder} is not a complete checkpoint (it has no {COMPLETE_MARK}: its writing was interrupted, "
+                f"or it is not a checkpoint of this trainer)"
+            )
+        return folder
+    output_dir = Path(output_dir)
+    found = sorted(
+        (int(match.group(1)), path)
+        for path in (output_dir.iterdir() if output_dir.is_dir() else ())
+        if (match := _CHECKPOINT.match(path.name)) and path.is_dir()
+    )
+    incomplete = []
+    for _, folder in reversed(found):
+        if checkpoint_is_complete(folder):
+            if incomplete:
+                logger.warning(
+                    "Resuming from %s; passed over incomplete %s", folder.name, ", ".join(incomplete)
+                )
+            return folder
+        incomplete.append(folder.name)
+    detail = f" (incomplete: {', '.join(incomplete)})" if incomplete else ""
+    raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {output_dir}{detail}")
+
+
+class EpochFromSteps(TrainerCallback):
+    """Over one endless stream Trainer's `epoch` is the share of `max_steps` done; a resumed Trainer would count it
+    from the resume point, so logs before and after a resume would disagree."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch = state.global_step / state.max_steps
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -35,8 +90,9 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 class TinyGPTVStageTrainer(Trainer):
     """`transformers.Trainer` for one TinyGPT-V stage; subclasses only set `stage_spec`.
 
-    `train_dataset` holds uniform samples (the `tinygptv_hf.data` readers) or is a Hub-style `messages` + `images`
-    dataset, read through `read_messages` (see `training_samples`).
+    ``train_dataset`` is a `TrainingStream`, or a reader's (or `mix_datasets`') stream, which is then read
+    without a shuffle buffer, or a Hub-style `messages` + `images` dataset, read through `read_messages` (see
+    `training_samples`). Under torchrun every rank reads its own part of it.
     """
 
     stage_spec: StageSpec
@@ -44,8 +100,15 @@ class TinyGPTVStageTrainer(Trainer):
     def __init__(
         self, model, args, *, processor, train_dataset, stage_spec: StageSpec | None = None, **kwargs
     ):
+        if args.dataloader_num_workers:
+            raise ValueError(
+                "dataloader_num_workers must be 0: the data stream's position and its bad-sample counts live in "
+                "the process that reads it, so that checkpoints can store them"
+            )
         self.stage_spec = stage_spec or self.stage_spec
         train_dataset = training_samples(train_dataset)
+        stream = train_dataset if isinstance(train_dataset, TrainingStream) else TrainingStream(train_dataset)
+        self.train_stream = stream.for_rank(args.process_index, args.world_size)
         set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
         image_size = self.stage_spec.image_size
         model.set_image_size(image_size)
@@ -53,9 +116,9 @@ class TinyGPTVStageTrainer(Trainer):
         model.config.stage = self.stage_spec.stage
         set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
         model = prepare_model_for_stage(model, self.stage_spec)
-        # The collator needs the raw samples, and under DDP every rank reads its own shards of the stream.
+        # The collator needs the raw samples; the stream restores its own position, where Trainer would replay.
         args.remove_unused_columns = False
-        args.accelerator_config.dispatch_batches = False
+        args.ignore_data_skip = True
         collator = TinyGPTVCollator(
             processor,
             prompt_template=self.stage_spec.prompt_template,
@@ -66,10 +129,92 @@ class TinyGPTVStageTrainer(Trainer):
             model=model,
             args=args,
             data_collator=collator,
-            train_dataset=train_dataset,
+            train_dataset=self.train_stream,
             processing_class=processor,
             **kwargs,
         )
+        self.add_callback(EpochFromSteps)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The stream read in this process without look-ahead, so that between two steps its state is exactly
+        the position after the last batch; its own generator, so that starting it draws nothing from the RNG
+        state a resume restores. (Each rank already holds its own part: accelerate is not asked to split it.)"""
+        return DataLoader(
+            self.train_stream,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            pin_memory=self.args.dataloader_pin_memory,
+            generator=torch.Generator(),
+        )
+
+    def train(self, resume_from_checkpoint: bool | str | None = None, **kwargs):
+        """As `Trainer.train`, resuming from the newest complete checkpoint for ``True``, with the stream where
+        the checkpoint left it; a checkpoint already at ``max_steps`` is loaded, not trained one step further."""
+        checkpoint = None
+        if resume_from_checkpoint:
+            checkpoint = resolve_checkpoint(self.args.output_dir, resume_from_checkpoint)
+            written_by = json.loads((checkpoint / COMPLETE_MARK).read_text())["world_size"]
+            if written_by != self.args.world_size:
+                raise ValueError(
+                    f"{checkpoint} was written by {written_by} process(es); resume it with the same number, not "
+                    f"{self.args.world_size}"
+                )
+            self.train_stream.load(checkpoint, self._stream_file)
+            state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+            if state.global_step >= self.args.max_steps:
+                self._load_from_checkpoint(str(checkpoint))
+                self.state = state
+                return TrainOutput(state.global_step, 0.0, {})
+        try:
+            return super().train(resume_from_checkpoint=checkpoint and str(checkpoint), **kwargs)
+        except BaseException:
+            progress = self.callback_handler.pop_callback(ProgressCallback)
+            if progress is not None:  # close the bar, so that the error is the last thing on the terminal
+                progress.on_train_end(self.args, self.state, self.control)
+            raise
+
+    @property
+    def _stream_file(self) -> str:
+        return f"stream-rank{self.args.process_index}"
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint plus the stream's position; the completion mark comes last, and only then are old
+        checkpoints rotated out, so a kill at any moment leaves a complete checkpoint to resume from."""
+        output_dir = Path(self.args.output_dir)
+        folder = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            (folder / COMPLETE_MARK).unlink(missing_ok=True)  # a finished save of this step is being replaced
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        folder.mkdir(parents=True, exist_ok=True)
+        self.train_stream.save(folder, self._stream_file)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark = folder / f"{COMPLETE_MARK}.tmp"
+            mark.write_text(
+                json.dumps({"global_step": self.state.global_step, "world_size": self.args.world_size})
+            )
+            os.replace(mark, folder / COMPLETE_MARK)
+            rotate_checkpoints(
+                output_dir=str(output_dir),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def data_health(self) -> dict:
+        """The run's bad-sample report, summed over all ranks."""
+        states = [self.train_stream.health.state_dict()]
+        if self.args.world_size > 1:
+            states = [None] * self.args.world_size
+            torch.distributed.all_gather_object(states, self.train_stream.health.state_dict())
+        health = DataHealth(self.train_stream.health.max_bad_samples)
+        for state in states:
+            health.merge(state)
+        return health.summary()
 
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on matrices only (projector and LoRA weights), never on norms or biases, as the original."""

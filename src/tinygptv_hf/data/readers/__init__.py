@@ -1,5 +1,5 @@
 """Readers for the original's on-disk formats and for users' ``messages`` datasets; each returns a streaming
-`datasets.IterableDataset` of uniform samples (see `tinygptv_hf.data.samples`)."""
+`datasets.IterableDataset` with one uniform row per record: a sample or a skip (see `tinygptv_hf.data.samples`)."""
 
 from .captions import read_cc_sbu_align, read_textcaps, read_webdataset_captions
 from .conversations import read_conversations, read_llava_instruct, read_unnatural_instructions

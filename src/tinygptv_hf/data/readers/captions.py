@@ -18,19 +18,18 @@ from ..text import ALIGNMENT_PROMPTS, CAPTION_PROMPTS, CAPTION_TEMPLATE, blip_ca
 from ..webdataset import read_tar_samples
 
 
-def read_webdataset_captions(shards, *, source: str = "laion", health=None, seed: int = 0):
+def read_webdataset_captions(shards, *, source: str = "laion", seed: int = 0):
     """img2dataset shards (``jpg`` + ``json`` with ``caption``): image alone, answer ``blip_caption(caption)``.
 
-    ``shards`` is a path, glob, brace range such as ``laion/{00000..05244}.tar`` or a list of them; each shard is
-    one unit of sharding across ranks.
+    ``shards`` is a path, a folder of shards, a glob, a brace range such as ``laion/{00000..05244}.tar`` or a list
+    of them; each shard is one unit of sharding across ranks.
     """
-    paths = expand_shards(shards, f"{source} webdataset shard")
+    paths = expand_shards(shards, f"{source} webdataset shard", (".tar", ".tar.gz", ".tgz"))
     return build_stream(
         source,
         paths,
         read_tar_samples,
         functools.partial(_tar_caption, source=source),
-        health=health,
         seed=seed,
     )
 
@@ -49,7 +48,6 @@ def read_cc_sbu_align(
     prompts=ALIGNMENT_PROMPTS,
     source: str = "cc_sbu_align",
     num_shards: int = 1,
-    health=None,
     seed: int = 0,
 ):
     """``filter_cap.json`` (``{"annotations": [{"image_id", "caption"}]}``) and ``image/{image_id}.jpg``.
@@ -63,7 +61,7 @@ def read_cc_sbu_align(
         os.path.join(root, "filter_cap.json"), "cc_sbu_align filter_cap.json", num_shards, field="annotations"
     )
     to_sample = functools.partial(_aligned_caption, images=images, prompts=tuple(prompts), source=source)
-    return build_stream(source, parts, read_json_part, to_sample, health=health, seed=seed)
+    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
 
 
 def _aligned_caption(record, rng, images, prompts, source):
@@ -72,7 +70,7 @@ def _aligned_caption(record, rng, images, prompts, source):
 
 
 def read_textcaps(
-    ann_path, image_root, *, source: str = "textcaps_caption", num_shards: int = 1, health=None, seed: int = 0
+    ann_path, image_root, *, source: str = "textcaps_caption", num_shards: int = 1, seed: int = 0
 ):
     """``TextCaps_0.1_train.json`` (``data[i].{image_id, caption_str}``), images ``{image_id}.jpg``.
 
@@ -81,7 +79,7 @@ def read_textcaps(
     images = require_dir(image_root, "TextCaps image folder")
     parts = json_parts(ann_path, "TextCaps annotation file", num_shards, field="data")
     to_sample = functools.partial(_textcaps, images=images, source=source)
-    return build_stream(source, parts, read_json_part, to_sample, health=health, seed=seed)
+    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
 
 
 def _textcaps(record, rng, images, source):

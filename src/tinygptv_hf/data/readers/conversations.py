@@ -19,14 +19,14 @@ def _coco_image(images, record):
 
 
 def read_llava_instruct(
-    ann_path, image_root, *, source: str = "llava_detail", num_shards: int = 1, health=None, seed: int = 0
+    ann_path, image_root, *, source: str = "llava_detail", num_shards: int = 1, seed: int = 0
 ):
     """``detail_23k.json`` / ``complex_reasoning_77k.json``: first question through ``blip_caption``, first
     answer as stored; images ``COCO_train2014_{id}.jpg``."""
     images = require_dir(image_root, f"{source} image folder")
     parts = json_parts(ann_path, f"{source} annotation file", num_shards)
     to_sample = functools.partial(_single_turn, images=images, source=source)
-    return build_stream(source, parts, read_json_part, to_sample, health=health, seed=seed)
+    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
 
 
 def _single_turn(record, rng, images, source):
@@ -41,7 +41,6 @@ def read_conversations(
     *,
     source: str = "llava_conversation",
     num_shards: int = 1,
-    health=None,
     seed: int = 0,
 ):
     """``conversation_58k.json`` / ``multitask_conversation.json``: every turn, no text processing.
@@ -52,7 +51,7 @@ def read_conversations(
     images = require_dir(image_root, f"{source} image folder")
     parts = json_parts(ann_path, f"{source} annotation file", num_shards)
     to_sample = functools.partial(_multi_turn, images=images, source=source)
-    return build_stream(source, parts, read_json_part, to_sample, health=health, seed=seed)
+    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
 
 
 def _multi_turn(record, rng, images, source):
@@ -66,7 +65,7 @@ def _multi_turn(record, rng, images, source):
 
 
 def read_unnatural_instructions(
-    ann_path, *, source: str = "unnatural_instruction", num_shards: int = 1, health=None, seed: int = 0
+    ann_path, *, source: str = "unnatural_instruction", num_shards: int = 1, seed: int = 0
 ):
     """A list of ``{"instances": [{instruction_with_input, constraints, output}]}``; the first instance is used.
 
@@ -75,7 +74,7 @@ def read_unnatural_instructions(
     """
     parts = json_parts(ann_path, "Unnatural Instructions file", num_shards)
     return build_stream(
-        source, parts, read_json_part, functools.partial(_unnatural, source=source), health=health, seed=seed
+        source, parts, read_json_part, functools.partial(_unnatural, source=source), seed=seed
     )
 
 

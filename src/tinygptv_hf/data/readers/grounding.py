@@ -51,7 +51,6 @@ def read_refcoco(
     inverse: bool = False,
     source: str | None = None,
     num_shards: int = 1,
-    health=None,
     seed: int = 0,
 ):
     """REFER layout ``{data_root}/{dataset}/refs({split_by}).p`` + ``instances.json``; images
@@ -69,7 +68,7 @@ def read_refcoco(
     source = source or ("inv" if inverse else "") + dataset.replace("+", "p")
     read_part = functools.partial(_read_refer_part, instances_path=instances, split=split)
     to_sample = functools.partial(_refer, images=images, inverse=inverse, source=source)
-    return build_stream(source, split_parts(refs, num_shards), read_part, to_sample, health=health, seed=seed)
+    return build_stream(source, split_parts(refs, num_shards), read_part, to_sample, seed=seed)
 
 
 def _read_refer_part(part: Part, instances_path, split):
@@ -94,7 +93,7 @@ def _refer(record, rng, images, inverse, source):
 
 
 def read_visual_genome(
-    data_dir, *, max_area: int = 16384, source: str = "refvg", num_shards: int = 1, health=None, seed: int = 0
+    data_dir, *, max_area: int = 16384, source: str = "refvg", num_shards: int = 1, seed: int = 0
 ):
     """``region_descriptions.json`` + ``image_data.json`` as the ``visual_genome`` package reads them; the image
     of a region is ``{data_dir}/{last two components of its url}`` (``VG_100K/1.jpg``).
@@ -111,7 +110,6 @@ def read_visual_genome(
         parts,
         functools.partial(_read_region_part, max_area=max_area),
         to_sample,
-        health=health,
         seed=seed,
     )
 
@@ -153,7 +151,6 @@ def read_flickr(
     task: str = "grounded_caption",
     source: str | None = None,
     num_shards: int = 1,
-    health=None,
     seed: int = 0,
 ):
     """MiniGPT-v2's Flickr30k files, images ``{image_id}.jpg``; text used as stored (no ``blip_caption``).
@@ -169,7 +166,7 @@ def read_flickr(
     images = require_dir(image_root, "Flickr30k image folder")
     parts = json_parts(ann_path, f"{source} annotation file", num_shards)
     to_sample = functools.partial(_flickr, images=images, task=task, source=source)
-    return build_stream(source, parts, read_json_part, to_sample, health=health, seed=seed)
+    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
 
 
 def _flickr(record, rng, images, task, source):

@@ -19,11 +19,9 @@ from ..samples import make_sample
 from ..stream import Part, build_stream, expand_shards, image_size, read_image, split_parts
 
 
-def read_messages(
-    data, image_root=None, *, source: str = "messages", num_shards: int = 1, health=None, seed: int = 0
-):
-    """A stream of uniform samples from ``.json`` / ``.jsonl`` / ``.parquet`` files (path, glob or list; each file
-    is a shard) or from a loaded `datasets.Dataset` / `IterableDataset` (split into ``num_shards``).
+def read_messages(data, image_root=None, *, source: str = "messages", num_shards: int = 1, seed: int = 0):
+    """A stream of uniform rows from ``.json`` / ``.jsonl`` / ``.parquet`` files (path, folder, glob or list; each
+    file is a shard) or from a loaded `datasets.Dataset` / `IterableDataset` (split into ``num_shards``).
 
     Image entries may be a path (relative to ``image_root``), ``{"bytes", "path"}`` or a PIL image.
     """
@@ -39,11 +37,10 @@ def read_messages(
             shards,
             functools.partial(_read_dataset_part, dataset=data),
             to_sample,
-            health=health,
             seed=seed,
         )
-    paths = expand_shards(data, f"{source} file")
-    return build_stream(source, paths, _read_file, to_sample, health=health, seed=seed)
+    paths = expand_shards(data, f"{source} file", (".json", ".jsonl", ".parquet"))
+    return build_stream(source, paths, _read_file, to_sample, seed=seed)
 
 
 def _read_dataset_part(part: Part, dataset):
