@@ -8,6 +8,7 @@ checkpoint was taken, at any step, in any pass over the data, without re-reading
 is marked complete only once every file is written; resuming takes the newest complete one.
 """
 
+import copy
 import json
 import logging
 import os
@@ -117,6 +118,8 @@ class TinyGPTVStageTrainer(Trainer):
         set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
         model = prepare_model_for_stage(model, self.stage_spec)
         # The collator needs the raw samples; the stream restores its own position, where Trainer would replay.
+        # Set on a copy: the caller's arguments stay as they gave them.
+        args = copy.copy(args)
         args.remove_unused_columns = False
         args.ignore_data_skip = True
         collator = TinyGPTVCollator(
@@ -219,6 +222,20 @@ class TinyGPTVStageTrainer(Trainer):
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on matrices only (projector and LoRA weights), never on norms or biases, as the original."""
         return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Trainer's own checkpoints (`_internal_call`) hold only the trainable tensors, for an exact resume; a
+        caller's `save_model()` gets a complete folder that loads with `from_pretrained`: LoRA merged into a copy
+        (the model in training is left as it is, at the cost of a second copy in memory while saving)."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = Path(output_dir or self.args.output_dir)
+        model = self.model
+        if isinstance(model, PeftModel):
+            model = copy.deepcopy(model).merge_and_unload()
+        if self.is_world_process_zero():
+            save_checkpoint(model, self.processing_class, output_dir)
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = Path(output_dir or self.args.output_dir)
