@@ -12,8 +12,9 @@ from conversion_support import LORA_ALPHA, LORA_R, STAGE_NORMS, SyntheticRelease
 from safetensors.torch import load_file, save_file
 
 from tinygptv_hf.cli import main
-from tinygptv_hf.conversion import sha256_of
+from tinygptv_hf.stages import LORA_TARGETS
 from tinygptv_hf.tokenization import build_tiny_tokenizer
+from tinygptv_hf.weights import file_digest
 
 LOADER = """
 import sys, torch
@@ -140,9 +141,9 @@ def test_stage2_from_lavis_files_loads_with_remote_code(release, files, stage2):
     record = json.loads((stage2 / "conversion.json").read_text())
     listed = {Path(entry["path"]).name: entry["sha256"] for entry in record["source_files"]}
     for path in (files["eva_vit"], files["blip2"], files["stage2"], files["phi"] / "pytorch_model.bin"):
-        assert listed[path.name] == sha256_of(path)
+        assert listed[path.name] == file_digest(path)
     card = (stage2 / "README.md").read_text()
-    assert sha256_of(files["stage2"]) in card
+    assert file_digest(files["stage2"]) in card
     ignored = record["ignored_source_keys"]
     depth = synthetic.config.vision_config.num_hidden_layers
     assert f"{files['eva_vit']}: blocks.{depth}.attn.qkv.weight" in ignored
@@ -203,10 +204,7 @@ def test_keep_adapter_gives_the_merged_model(release, files, tmp_path):
     assert convert(tmp_path / "out", 3, **sources) == 0
     adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and (adapter["r"], adapter["lora_alpha"]) == (LORA_R, LORA_ALPHA)
-    assert (
-        adapter["target_modules"]
-        == r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
-    )
+    assert adapter["target_modules"] == LORA_TARGETS  # the trainers' targets: one definition
     assert_weights(load_file(tmp_path / "out" / "base" / "model.safetensors"), synthetic.weights)
     loaded = load_in_subprocess(tmp_path / "out")
     assert not torch.allclose(loaded["logits.base"], loaded["logits.merged"], atol=1e-2)

@@ -54,16 +54,20 @@ def test_lora_finetune_with_the_stage4_trainer(tiny_checkpoint, tmp_path):
     data = user_dataset(tmp_path)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(tiny_checkpoint)
-    trainer = MultitaskTrainer(
-        model, arguments(tmp_path / "run"), processor=processor, train_dataset=read_messages(data, tmp_path)
-    )
+    args = arguments(tmp_path / "run")
+    trainer = MultitaskTrainer(model, args, processor=processor, train_dataset=read_messages(data, tmp_path))
+    assert args.remove_unused_columns and not args.ignore_data_skip, "the caller's arguments were changed"
     trainer.train()
+    trainer.save_model(tmp_path / "saved")  # the Trainer API's own save: a complete, loadable folder
     final = trainer.finish_stage()
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and losses[-1] < losses[0]
     tuned = AutoModelForImageTextToText.from_pretrained(final, trust_remote_code=True)
     assert tuned.config.stage == 4 and tuned.config.vision_config.image_size == 448
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    tuned_weights = tuned.state_dict()
+    assert all(torch.equal(value, tuned_weights[name]) for name, value in saved.state_dict().items())
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
 
 

@@ -21,7 +21,7 @@ from tinygptv_hf.cards import render_model_card, stage_trainable_parameters
 from tinygptv_hf.checkpoint import init_checkpoint
 from tinygptv_hf.presets import preset_config
 from tinygptv_hf.publishing import PushError, push_stage
-from tinygptv_hf.trainers.stages import STAGES
+from tinygptv_hf.stages import STAGES
 
 TOKEN = "hf_fake_do_not_print_1234"
 REPO = "me/tinygptv"

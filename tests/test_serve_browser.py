@@ -247,5 +247,5 @@ def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     from tinygptv_hf.cli import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)
-    assert main(["serve", "any-model"]) == 1
+    assert main(["serve", "any-model"]) == 2  # the one exit status of a user error
     assert "pip install 'tinygptv-hf[serve]'" in capsys.readouterr().err

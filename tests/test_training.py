@@ -20,8 +20,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from tinygptv_hf.cli import main
 from tinygptv_hf.data import image_instruction
 from tinygptv_hf.data.synthetic import write_synthetic_world
+from tinygptv_hf.stages import STAGES
 from tinygptv_hf.trainers import TinyGPTVCollator
-from tinygptv_hf.trainers.stages import STAGES
 from tinygptv_hf.trainers.trainer import COMPLETE_MARK
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessorList, TextIteratorStreamer
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from tinygptv_hf.trainers.stages import LORA_TARGETS
+from tinygptv_hf.stages import LORA_TARGETS
 
 COLOURS = [("red", (220, 30, 30)), ("blue", (30, 30, 220))] * 2
 QUESTION = "[vqa] What colour is it?"

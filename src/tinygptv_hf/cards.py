@@ -4,6 +4,7 @@ Cards render from the Jinja templates in `hub_cards/` through huggingface_hub's 
 metadata is a `ModelCardData` (evaluation results become `model-index`) rather than hand-written YAML.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -11,25 +12,14 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
-from .trainers.stages import STAGES, StageSpec
-from .trainers.trainer import prepare_model_for_stage
+from .stages import STAGES, TRAINING_STAGES, StageSpec, prepare_model_for_stage
+from .trainers.recipe import Recipe
 
 TEMPLATE = Path(__file__).with_name("hub_cards") / "stage.md"
 LICENSE = "bsd-3-clause"
 BASE_MODELS = ["microsoft/phi-2", "Salesforce/blip2-flan-t5-xxl"]
 TAGS = ["tinygptv", "vision-language", "multimodal", "phi-2", "blip-2", "custom_code"]
 
-STAGE_NAMES = {1: "warm-up", 2: "pre-training", 3: "instruction tuning", 4: "multi-task learning"}
-STAGE_DESCRIPTIONS = {
-    1: "Warm-up: image-caption pairs align the projector with the frozen language model. Only the projector and "
-    "the weights of the language model's norms train; there is no LoRA in this stage.",
-    2: "Pre-training: more image-caption pairs, now with LoRA on the language model's attention projections next "
-    "to the projector and norm weights. The LoRA weights are merged into the saved weights.",
-    3: "Instruction tuning: a small set of image-instruction conversations teaches the chat format, with the same "
-    "trainable set as stage 2 (LoRA merged).",
-    4: "Multi-task learning: VQA, captioning, grounding and conversation data at 448 px with task identifiers, "
-    "with the same trainable set as stage 2 (LoRA merged).",
-}
 # Name prefix in the model -> how the card names the component.
 COMPONENTS = {
     "model.vision_model.": "Vision tower (EVA ViT-g, ln_vision)",
@@ -146,8 +136,8 @@ def render_model_card(
     {path, sha256} of the original files a converted checkpoint came from; `spec` is the stage as trained (the
     paper's declaration of `stage` by default).
     """
-    if stage not in STAGE_NAMES:
-        raise ValueError(f"Stage must be one of {sorted(STAGE_NAMES)}, got {stage}.")
+    if stage not in TRAINING_STAGES:
+        raise ValueError(f"Stage must be one of {sorted(TRAINING_STAGES)}, got {stage}.")
     model = _model_skeleton(checkpoint_dir)
     components = component_parameters(model)
     trainable = stage_trainable_parameters(model, spec or STAGES[stage])
@@ -177,8 +167,8 @@ def render_model_card(
         template_path=str(TEMPLATE),
         title=name,
         repo_id=repo_id or "OWNER/NAME",
-        stage_name=STAGE_NAMES[stage],
-        stage_description=STAGE_DESCRIPTIONS[stage],
+        stage_name=STAGES[stage].name,
+        stage_description=STAGES[stage].description,
         previous_stage_ref=previous_stage_ref,
         components=[
             {"name": name, "parameters": count, "status": status[name]} for name, count in components.items()
@@ -191,3 +181,29 @@ def render_model_card(
         results=results,
         source_files=source_files,
     )
+
+
+def recipe_card(recipe: Recipe, final: str | os.PathLike) -> ModelCard:
+    """The card of a trained stage: what trained, the recipe, the data mix and, for a Hub start, its lineage."""
+    previous_path, previous_revision = recipe.model["path"], recipe.model.get("revision")
+    from_hub = not Path(previous_path).exists()
+    return render_model_card(
+        final,
+        stage=recipe.stage,
+        repo_id=(recipe.push or {}).get("repo"),
+        recipe={
+            "model": recipe.model,
+            "stage_overrides": recipe.stage_overrides,
+            "training": recipe.training,
+            "datasets": recipe.data.get("datasets", []),
+        },
+        previous_stage_ref=f"{previous_path}@{previous_revision or 'main'}" if from_hub else None,
+        spec=recipe.spec,
+    )
+
+
+def release_card(checkpoint_dir: str | os.PathLike) -> ModelCard:
+    """The card of a folder `convert_release` wrote, listing the original files it came from (conversion.json)."""
+    record = json.loads((Path(checkpoint_dir) / "conversion.json").read_text())
+    files = [{"path": Path(file["path"]).name, "sha256": file["sha256"]} for file in record["source_files"]]
+    return render_model_card(checkpoint_dir, stage=record["stage"], source_files=files)

@@ -10,14 +10,14 @@ from transformers import GenerationConfig
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
 from .presets import preset_config
 from .processors import TinyGPTVImageProcessor, TinyGPTVProcessor
-from .processors.templates import STAGE_END_SYMBOL, chat_templates_for_stage
+from .processors.templates import MAX_NEW_TOKENS, chat_templates
+from .stages import STAGES
 from .tokenization import build_tiny_tokenizer, load_llm_tokenizer
 from .weights import load_blip2_vision_side, load_phi_language_model
 
 FRESH_AT_STAGE_0 = re.compile(
     r"^model\.(multi_modal_projector\.|language_model\.layers\.\d+\.(self_attn\.[qk]_layernorm|post_layernorm)\.)"
 )
-STAGE_IMAGE_SIZE = {0: 224, 1: 224, 2: 224, 3: 224, 4: 448}
 
 
 def build_processor(tokenizer, config: TinyGPTVConfig, stage: int | None = None) -> TinyGPTVProcessor:
@@ -27,24 +27,24 @@ def build_processor(tokenizer, config: TinyGPTVConfig, stage: int | None = None)
     return TinyGPTVProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=chat_templates_for_stage(stage),
+        chat_template=chat_templates(STAGES[stage].chat_template),
         num_query_tokens=config.num_query_tokens,
-        end_symbol=STAGE_END_SYMBOL[stage],
+        end_symbol=STAGES[stage].end_symbol,
         context_length=config.text_config.max_position_embeddings,
     )
 
 
 def set_processor_stage(processor: TinyGPTVProcessor, stage: int, end_symbol: str | None = None):
     """The stage's default chat template and end symbol, so a folder saved after a stage answers in its format."""
-    processor.chat_template = chat_templates_for_stage(stage)
-    processor.end_symbol = STAGE_END_SYMBOL[stage] if end_symbol is None else end_symbol
+    processor.chat_template = chat_templates(STAGES[stage].chat_template)
+    processor.end_symbol = STAGES[stage].end_symbol if end_symbol is None else end_symbol
 
 
 def generation_config_for(tokenizer, end_symbol: str) -> GenerationConfig:
     """Greedy by default, no BOS (as the original at inference), stop on the stage's end symbol."""
     return GenerationConfig(
         do_sample=False,
-        max_new_tokens=300,
+        max_new_tokens=MAX_NEW_TOKENS,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -79,7 +79,7 @@ def save_checkpoint(
 
 def resize_for_stage(config: TinyGPTVConfig, stage: int) -> TinyGPTVConfig:
     config.stage = stage
-    config.vision_config.image_size = STAGE_IMAGE_SIZE[stage]
+    config.vision_config.image_size = STAGES[stage].image_size
     return config
 
 

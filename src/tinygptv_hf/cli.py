@@ -16,12 +16,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix: bad values or files, a folder or Hub repository that is not there (OSError is
+    transformers' word for it), broken training data, a missing optional extra. Anything else is a bug: traceback."""
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from .data.health import DataBudgetExceeded
+
+    return (
+        ValueError,
+        OSError,
+        DataBudgetExceeded,
+        ModuleNotFoundError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+
 def main(argv=None) -> int:
+    """Run one command; a user error becomes one line on stderr and exit status 2, as argparse's own errors."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"tinygptv {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not isinstance(error, user_errors()):
+            raise
+        message = " ".join(str(error).split())
+        print(f"tinygptv {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

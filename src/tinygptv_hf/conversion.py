@@ -7,7 +7,6 @@ an unknown key, a missing weight, a shape mismatch or a LoRA tensor without its 
 (the original's `strict=False` loading is what gave its users silently uninitialised weights).
 """
 
-import hashlib
 import json
 import os
 import re
@@ -17,13 +16,16 @@ from pathlib import Path
 import torch
 from transformers.initialization import no_init_weights
 
-from .checkpoint import STAGE_IMAGE_SIZE, build_processor, fit_tokenizer, resize_for_stage, save_checkpoint
+from .checkpoint import build_processor, fit_tokenizer, resize_for_stage, save_checkpoint
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .modeling.modeling_tinygptv import interpolate_position_embedding
 from .presets import preset_config
+from .stages import LORA_ALPHA, LORA_DROPOUT, LORA_RANK, LORA_TARGETS, TRAINING_STAGES
 from .tokenization import load_llm_tokenizer
 from .weights import (
     WeightsError,
     blip2_to_tinygptv,
+    file_digest,
     is_blip2_vision_side,
     load_blip2_config,
     load_phi_language_model,
@@ -35,8 +37,6 @@ from .weights import (
 
 # `--keep-adapter` layout: the peft adapter and the un-merged model it applies to, inside the output folder.
 ADAPTER_FOLDER, BASE_FOLDER = "adapter", "base"
-# The original's LoRA targets (`query_key_value`, `dense` of every Phi attention) in this model's module names.
-ADAPTER_TARGETS = r"model\.language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
 
 TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens")
 
@@ -260,24 +260,6 @@ def merge_lora(tensors: dict[str, torch.Tensor], lora: dict[str, LoraPair], scal
         tensors[weight_key] = tensors[weight_key].float() + scaling * (B.float() @ A.float())
 
 
-def interpolate_position_embedding(
-    position_embedding: torch.Tensor, image_size: int, patch_size: int
-) -> torch.Tensor:
-    """Resize the patch grid bicubically (align_corners=False) in float32, keeping the CLS row: done once, stored."""
-    cls_row, grid = position_embedding[:, :1], position_embedding[:, 1:].float()
-    old = int(round(grid.shape[1] ** 0.5))
-    new = image_size // patch_size
-    if old * old != grid.shape[1]:
-        raise WeightsError(f"position_embedding has {grid.shape[1]} patch rows, not a square grid.")
-    if old == new:
-        return position_embedding
-    width = grid.shape[-1]
-    grid = grid.reshape(1, old, old, width).permute(0, 3, 1, 2)
-    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, width)
-    return torch.cat([cls_row.float(), grid], dim=1).to(position_embedding.dtype)
-
-
 def finalize(
     weights: ConvertedWeights, config: TinyGPTVConfig, lora_scaling: float
 ) -> dict[str, torch.Tensor]:
@@ -412,9 +394,9 @@ def save_adapter(
     lora_config = LoraConfig(
         r=lora_r,
         lora_alpha=lora_alpha,
-        lora_dropout=0.05,
+        lora_dropout=LORA_DROPOUT,
         bias="none",
-        target_modules=ADAPTER_TARGETS,
+        target_modules=LORA_TARGETS,
         base_model_name_or_path=str(Path(path).resolve().parent / BASE_FOLDER),
     )
     peft_model = get_peft_model(base_model, lora_config)
@@ -438,14 +420,6 @@ def save_adapter(
     return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_files(sources: dict[str, str | os.PathLike | None]) -> list[dict]:
     """{"role", "path", "sha256"} of every file the conversion reads: weight files, shards, folder configs."""
     files = []
@@ -459,7 +433,7 @@ def source_files(sources: dict[str, str | os.PathLike | None]) -> list[dict]:
             read = [path]
         else:
             read = [path / "config.json", *weight_files(path)] if path.is_dir() else weight_files(path)
-        files += [{"role": role, "path": str(file), "sha256": sha256_of(file)} for file in read]
+        files += [{"role": role, "path": str(file), "sha256": file_digest(file)} for file in read]
     return files
 
 
@@ -474,12 +448,12 @@ def convert_release(
     stage_checkpoint=None,
     tokenizer=None,
     config=None,
-    lora_r: int = 64,
-    lora_alpha: int = 16,
+    lora_r: int = LORA_RANK,
+    lora_alpha: int = LORA_ALPHA,
     keep_adapter: bool = False,
 ) -> Path:
     """Write the checkpoint folder of one stage from the original release's files (see `tinygptv convert`)."""
-    if stage not in STAGE_IMAGE_SIZE or stage == 0:
+    if stage not in TRAINING_STAGES:
         raise ValueError(f"--stage must be 1, 2, 3 or 4 (a released stage), got {stage}.")
     if eva_vit is not None and (blip2 is None or Path(blip2).is_dir()):
         raise ValueError(
@@ -529,8 +503,4 @@ def convert_release(
         "ignored_source_keys": weights.ignored,
     }
     (output_dir / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
-    from .cards import render_model_card
-
-    card_files = [{"path": Path(file["path"]).name, "sha256": file["sha256"]} for file in files]
-    render_model_card(output_dir, stage=stage, source_files=card_files).save(output_dir / "README.md")
     return output_dir

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from .cards import recipe_card
 from .checkpoint import init_checkpoint
 from .data import blip_caption
 from .data.synthetic import write_synthetic_world
@@ -26,8 +27,8 @@ from .evaluation.runner import generate_answers
 from .grounding import parse_grounded_text
 from .processors import load_image
 from .processors.templates import IMAGE_TOKEN
+from .stages import STAGES, TRAINING_STAGES
 from .trainers.recipe import Recipe, run_recipe
-from .trainers.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -199,11 +200,13 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
         }
     ]
     histories = {}
-    for stage in tqdm(range(1, 5), desc="stages", unit="stage"):
+    for stage in tqdm(sorted(TRAINING_STAGES), desc="stages", unit="stage"):
         clock = time.perf_counter()
         variables = {**{k: str(v) for k, v in world.items() if isinstance(v, str)}, "model": str(model_dir)}
         variables["output"] = str(output_dir / f"stage-{stage}")
-        result = run_recipe(stage_recipe(stage, variables, size, seed))
+        recipe = stage_recipe(stage, variables, size, seed)
+        result = run_recipe(recipe)
+        recipe_card(recipe, result.final).save(result.final / "README.md")
         model_dir, histories[stage] = result.final, result.log_history
         seconds = time.perf_counter() - clock
         rows.append(

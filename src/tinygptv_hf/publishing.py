@@ -8,7 +8,6 @@ concurrent push is refused instead of silently overwritten. `main` moves to a st
 that gives `main` the stage's exact files.
 """
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.hf_api import RepoFile
 
-from .cards import STAGE_NAMES, render_model_card
+from .cards import render_model_card
+from .stages import TRAINING_STAGES
+from .weights import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +49,9 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    """git's blob id (`sha1` of "blob <size>\\0" + content) or the LFS id (`sha256` of the content)."""
-    digest = hashlib.new(algorithm)
-    if algorithm == "sha1":
-        digest.update(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _git_blob_id(path: Path) -> str:
+    """git's blob id: `sha1` of "blob <size>\\0" + content (the LFS id is the plain `sha256` of the content)."""
+    return file_digest(path, "sha1", b"blob %d\0" % path.stat().st_size)
 
 
 def _operations(api: HfApi, repo_id: str, commit: str, files: dict[str, Path]) -> list:
@@ -70,9 +65,9 @@ def _operations(api: HfApi, repo_id: str, commit: str, files: dict[str, Path]) -
     for path, local in files.items():
         entry = remote.get(path)
         unchanged = entry is not None and (
-            entry.lfs.sha256 == _digest(local, "sha256")
+            entry.lfs.sha256 == file_digest(local)
             if entry.lfs
-            else entry.blob_id == _digest(local, "sha1")
+            else entry.blob_id == _git_blob_id(local)
         )
         if not unchanged:
             operations.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)))
@@ -107,8 +102,8 @@ def push_stage(
     Returns {"repo_id", "stage", "branch", "commit", "tag", "new_commit", "main"} (`main` is the commit `main`
     points to after an `update_main` push, else None).
     """
-    if stage not in STAGE_NAMES:
-        raise ValueError(f"Stage must be one of {sorted(STAGE_NAMES)}, got {stage}.")
+    if stage not in TRAINING_STAGES:
+        raise ValueError(f"Stage must be one of {sorted(TRAINING_STAGES)}, got {stage}.")
     folder = Path(checkpoint_dir)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json).")

@@ -3,6 +3,7 @@
 Pickles are opened with `torch.load(weights_only=True)`: a file that needs code execution is refused, never run.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,15 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 class WeightsError(ValueError):
     """A weight file that cannot be read, or tensors that do not fit the model. The message names the key."""
+
+
+def file_digest(path, algorithm: str = "sha256", header: bytes = b"") -> str:
+    """Hex digest of `header` + the file's bytes, read in blocks (weight files are large)."""
+    digest = hashlib.new(algorithm, header)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_pickle(path) -> dict:

@@ -14,13 +14,15 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from ..processors.templates import MAX_NEW_TOKENS
+
 
 @dataclass
 class GenerationSettings:
     """Sampling as the original's chat (reference 3.6): nucleus sampling, temperature 1, top-p 0.9, repetition
     penalty 1.05, at most 300 new tokens. `greedy` gives reproducible answers, which grounding prefers."""
 
-    max_new_tokens: int = 300
+    max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = 1.0
     top_p: float = 0.9
     repetition_penalty: float = 1.05

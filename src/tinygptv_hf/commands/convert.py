@@ -1,5 +1,7 @@
 """`tinygptv convert`: a stage checkpoint folder from the files of the original TinyGPT-V release."""
 
+from ..stages import LORA_ALPHA, LORA_RANK, TRAINING_STAGES
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -9,7 +11,7 @@ def add_parser(subparsers):
         "mismatch or a LoRA tensor without its base stops the conversion with the key's name.",
     )
     parser.add_argument(
-        "--stage", type=int, choices=(1, 2, 3, 4), required=True, help="released stage (4: 448 px)"
+        "--stage", type=int, choices=sorted(TRAINING_STAGES), required=True, help="released stage (4: 448 px)"
     )
     parser.add_argument("--output", required=True, help="folder to write")
     parser.add_argument(
@@ -31,9 +33,9 @@ def add_parser(subparsers):
     parser.add_argument(
         "--config", help="TinyGPTVConfig json (default: phi2 preset with the Phi folder's text config)"
     )
-    parser.add_argument("--lora-r", type=int, default=64, help="LoRA rank of the release (default 64)")
+    parser.add_argument("--lora-r", type=int, default=LORA_RANK, help=f"LoRA rank of the release (default {LORA_RANK})")
     parser.add_argument(
-        "--lora-alpha", type=int, default=16, help="LoRA alpha; scaling is alpha/r (default 16)"
+        "--lora-alpha", type=int, default=LORA_ALPHA, help=f"LoRA alpha; scaling is alpha/r (default {LORA_ALPHA})"
     )
     parser.add_argument(
         "--keep-adapter",
@@ -44,6 +46,7 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from ..cards import release_card
     from ..conversion import convert_release
 
     folder = convert_release(
@@ -60,4 +63,5 @@ def run(args):
         lora_alpha=args.lora_alpha,
         keep_adapter=args.keep_adapter,
     )
+    release_card(folder).save(folder / "README.md")
     print(f"wrote stage-{args.stage} checkpoint converted from the original release to {folder}")

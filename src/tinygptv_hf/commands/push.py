@@ -1,5 +1,7 @@
 """`tinygptv push`: publish a checkpoint folder as branch `stage-N` of a Hub repository, tagged, with its card."""
 
+from ..stages import TRAINING_STAGES
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("push", help="upload a checkpoint folder as one stage of a Hub repository")
@@ -7,7 +9,7 @@ def add_parser(subparsers):
         "checkpoint_dir", help="checkpoint folder to upload (written by init or a training stage)"
     )
     parser.add_argument("--repo", required=True, help="Hub repository, OWNER/NAME (created when missing)")
-    parser.add_argument("--stage", required=True, type=int, choices=[1, 2, 3, 4])
+    parser.add_argument("--stage", required=True, type=int, choices=sorted(TRAINING_STAGES))
     parser.add_argument(
         "--force", action="store_true", help="replace a stage branch that holds different files"
     )

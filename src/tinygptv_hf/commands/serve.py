@@ -1,7 +1,5 @@
 """`tinygptv serve`: the web demo (needs the `serve` extra), on localhost unless told otherwise."""
 
-import sys
-
 from .chat import add_model_arguments
 
 
@@ -16,8 +14,4 @@ def add_parser(subparsers):
 def run(args):
     from ..chat.web import serve
 
-    try:
-        serve(args.model, args.host, args.port, args.quantization)
-    except ModuleNotFoundError as error:
-        print(f"tinygptv serve: error: {error}", file=sys.stderr)
-        return 1
+    serve(args.model, args.host, args.port, args.quantization)

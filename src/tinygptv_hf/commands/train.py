@@ -28,8 +28,21 @@ def parse_variables(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args):
+    from ..cards import recipe_card
     from ..trainers.recipe import Recipe, run_recipe
 
     recipe = Recipe.load(args.recipe, parse_variables(args.set))
     result = run_recipe(recipe, resume=args.resume)
+    if not result.main_process:
+        return
+    recipe_card(recipe, result.final).save(result.final / "README.md")
+    if recipe.push:
+        from ..publishing import push_stage
+
+        push_stage(
+            result.final,
+            recipe.push["repo"],
+            recipe.stage,
+            update_main=bool(recipe.push.get("update_main", False)),
+        )
     print(f"stage {recipe.stage} finished: {result.summary()}")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from ..processors.image_processing_tinygptv import load_image, to_rgb
-from ..processors.templates import END_SYMBOL
+from ..processors.templates import END_SYMBOL, IGNORE_INDEX
 from .answers import clean_answer
 from .benchmarks import Benchmark, result_key
 from .metric_base import MODES, load_metric
@@ -129,13 +129,13 @@ def choice_losses(
         for choice in sample_choices:
             choice_ids = tokenizer(choice + end_symbol, add_special_tokens=False)["input_ids"]
             rows.append(prompt_ids + choice_ids)
-            targets.append([-100] * len(prompt_ids) + choice_ids)
+            targets.append([IGNORE_INDEX] * len(prompt_ids) + choice_ids)
             owners.append(index)
     length = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([row + [pad] * (length - len(row)) for row in rows], device=model.device)
     labels = torch.tensor(
-        [target + [-100] * (length - len(target)) for target in targets], device=model.device
+        [target + [IGNORE_INDEX] * (length - len(target)) for target in targets], device=model.device
     )
     attention_mask = torch.tensor(
         [[1] * len(row) + [0] * (length - len(row)) for row in rows], device=model.device
@@ -145,9 +145,9 @@ def choice_losses(
     ).logits.float()
     shifted = labels[:, 1:]
     token_losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2), shifted, ignore_index=-100, reduction="none"
+        logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none"
     )
-    counted = (shifted != -100).sum(dim=1)
+    counted = (shifted != IGNORE_INDEX).sum(dim=1)
     row_losses = (token_losses.sum(dim=1) / counted).tolist()
     losses = [[] for _ in choices]
     for owner, loss in zip(owners, row_losses, strict=True):

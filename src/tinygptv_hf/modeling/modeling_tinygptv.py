@@ -132,6 +132,25 @@ def sincos_position_table(vision_config) -> torch.Tensor:
     return torch.cat([torch.zeros(1, vision_config.hidden_size), scale * table])[None]
 
 
+def interpolate_position_embedding(
+    position_embedding: torch.Tensor, image_size: int, patch_size: int
+) -> torch.Tensor:
+    """Resize the patch grid bicubically (align_corners=False) in float32, keeping the CLS row: done once, stored,
+    exactly as the original did at load time."""
+    cls_row, grid = position_embedding[:, :1], position_embedding[:, 1:].float()
+    old = int(round(grid.shape[1] ** 0.5))
+    new = image_size // patch_size
+    if old * old != grid.shape[1]:
+        raise ValueError(f"position_embedding has {grid.shape[1]} patch rows, not a square grid.")
+    if old == new:
+        return position_embedding
+    width = grid.shape[-1]
+    grid = grid.reshape(1, old, old, width).permute(0, 3, 1, 2)
+    grid = nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, width)
+    return torch.cat([cls_row.float(), grid], dim=1).to(position_embedding.dtype)
+
+
 class TinyGPTVModel(TinyGPTVPreTrainedModel):
     # The backbone loads from a full checkpoint, whose LM head it has no place for.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
@@ -154,6 +173,24 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
+
+    def set_image_size(self, image_size: int):
+        """Move the model to another input size (stage 4 uses 448): the vision position table is interpolated
+        once and stored, and the config says the new size. The caller sets the image processor's size to match."""
+        vision_config = self.config.vision_config
+        if vision_config.image_size == image_size:
+            return
+        if image_size % vision_config.patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {vision_config.patch_size}.")
+        embeddings = self.vision_model.embeddings
+        table = interpolate_position_embedding(
+            embeddings.position_embedding.data, image_size, vision_config.patch_size
+        )
+        embeddings.position_embedding = nn.Parameter(table, requires_grad=embeddings.position_embedding.requires_grad)
+        embeddings.image_size = image_size
+        embeddings.num_patches = (image_size // vision_config.patch_size) ** 2
+        embeddings.num_positions = embeddings.num_patches + 1
+        vision_config.image_size = image_size
 
     def train(self, mode: bool = True):
         """A frozen vision tower or Q-Former stays in eval mode (no dropout), as the original's `disabled_train`."""
@@ -297,6 +334,10 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
 
     def get_output_embeddings(self):
         return self.lm_head
+
+    def set_image_size(self, image_size: int):
+        """See `TinyGPTVModel.set_image_size`."""
+        self.model.set_image_size(image_size)
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings

@@ -19,6 +19,10 @@ what the original's collator labelled: the answer and the ``###`` that stops it.
 IMAGE_TOKEN = "<ImageHere>"
 IMAGE_PROMPT = "<Img><ImageHere></Img>"
 END_SYMBOL = "###"
+# An answer ends at its end symbol or after this many new tokens (the original's default).
+MAX_NEW_TOKENS = 300
+# The label of tokens no loss is computed on (prompt, padding): PyTorch's cross-entropy default.
+IGNORE_INDEX = -100
 
 CONVERSATION_SYSTEM = (
     "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to "
@@ -86,14 +90,8 @@ CHAT_TEMPLATES = {
     "multitask": MULTITASK_CHAT_TEMPLATE,
 }
 
-# Which family a checkpoint of each stage answers best to by default, and the end symbol each stage was trained to
-# emit (reference 3.4: stages 1-2 end captions with a newline).
-STAGE_DEFAULT_TEMPLATE = {0: "conversation", 1: "conversation", 2: "conversation", 3: "conversation", 4: "multitask"}
-STAGE_END_SYMBOL = {0: END_SYMBOL, 1: "\n", 2: "\n", 3: END_SYMBOL, 4: END_SYMBOL}
-
-
-def chat_templates_for_stage(stage: int) -> dict[str, str]:
-    """All named templates, with the stage's own family also stored as ``default``."""
+def chat_templates(default: str) -> dict[str, str]:
+    """All named templates, with the family `default` (a stage's `chat_template`) also stored as ``default``."""
     templates = dict(CHAT_TEMPLATES)
-    templates["default"] = CHAT_TEMPLATES[STAGE_DEFAULT_TEMPLATE[stage]]
+    templates["default"] = CHAT_TEMPLATES[default]
     return templates

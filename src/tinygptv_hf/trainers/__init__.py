@@ -1,7 +1,16 @@
 """The four training stages as `transformers.Trainer` subclasses, their declarations, collator and recipes."""
 
+from ..stages import (
+    INSTRUCTION,
+    MULTITASK,
+    PRETRAINING,
+    STAGES,
+    WARMUP,
+    LoraSpec,
+    StageSpec,
+    prepare_model_for_stage,
+)
 from .collator import TinyGPTVCollator, compose_sequence, pad_sequences
-from .stages import INSTRUCTION, MULTITASK, PRETRAINING, STAGES, WARMUP, LoraSpec, StageSpec
 from .trainer import (
     STAGE_TRAINERS,
     InstructionTrainer,
@@ -9,8 +18,6 @@ from .trainer import (
     PretrainingTrainer,
     TinyGPTVStageTrainer,
     WarmupTrainer,
-    prepare_model_for_stage,
-    set_image_size,
 )
 
 __all__ = [
@@ -31,5 +38,4 @@ __all__ = [
     "compose_sequence",
     "pad_sequences",
     "prepare_model_for_stage",
-    "set_image_size",
 ]

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..processors.templates import IMAGE_TOKEN
-
-IGNORE_INDEX = -100
+from ..processors.templates import IGNORE_INDEX, IMAGE_TOKEN
 
 
 @dataclass

@@ -27,7 +27,7 @@ from transformers import TrainingArguments
 
 from .. import data as data_readers
 from ..data import DataHealth, TrainingStream, mix_datasets
-from .stages import STAGES, StageSpec
+from ..stages import TRAINING_STAGES, StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class Recipe:
         for section in ("stage", "model", "data", "training"):
             if section not in raw:
                 raise ValueError(f"{source}: the recipe needs a '{section}' section")
-        if raw["stage"] not in STAGES:
-            raise ValueError(f"{source}: stage must be one of {sorted(STAGES)}, got {raw['stage']!r}")
+        if raw["stage"] not in TRAINING_STAGES:
+            raise ValueError(f"{source}: stage must be one of {sorted(TRAINING_STAGES)}, got {raw['stage']!r}")
         return cls(
             stage=raw["stage"],
             model=raw["model"],
@@ -74,7 +74,7 @@ class Recipe:
 
     @property
     def spec(self) -> StageSpec:
-        return STAGES[self.stage].with_overrides(**self.stage_overrides)
+        return TRAINING_STAGES[self.stage].with_overrides(**self.stage_overrides)
 
     def training_arguments(self) -> TrainingArguments:
         """The stage's optimizer and schedule (AdamW, linear warm-up from the warm-up rate, cosine to the floor)
@@ -142,6 +142,7 @@ class StageResult:
     final: Path
     log_history: list[dict]
     data_health: dict
+    main_process: bool = True  # False on the other ranks of a distributed run, which must not write or push
 
     def summary(self) -> str:
         """One line: how far the stage trained, what its data gave and where the model is."""
@@ -159,7 +160,8 @@ class StageResult:
 
 
 def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=None) -> StageResult:
-    """Train one stage end to end; `final` is the stage's complete (merged) checkpoint folder.
+    """Train one stage end to end; `final` is the stage's complete (merged) checkpoint folder. The card and the
+    recipe's `push` are the caller's (`tinygptv train`, the demo): see `cards.recipe_card`.
 
     `resume=True` continues from the newest complete `checkpoint-*` in the output folder, a path from that
     checkpoint. The log history and the data report (`data_health.json`) are written to the output folder.
@@ -187,42 +189,16 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     trainer.train(resume_from_checkpoint=resume or None)
     final = trainer.finish_stage()
     result = StageResult(
-        final=final, log_history=list(trainer.state.log_history), data_health=trainer.data_health()
+        final=final,
+        log_history=list(trainer.state.log_history),
+        data_health=trainer.data_health(),
+        main_process=trainer.is_world_process_zero(),
     )
-    if not trainer.is_world_process_zero():
+    if not result.main_process:
         return result
     for source in result.data_health["sources_without_samples"]:
         logger.warning("%s gave no sample in this whole run: check its paths (data_health.json)", source)
     output = Path(args.output_dir)
     (output / "data_health.json").write_text(json.dumps(result.data_health, indent=2))
     (output / "log_history.json").write_text(json.dumps(result.log_history, indent=2))
-    write_card(recipe, final, path, model_kwargs.get("revision"))
-    if recipe.push:
-        from ..publishing import push_stage
-
-        push_stage(
-            final, recipe.push["repo"], recipe.stage, update_main=bool(recipe.push.get("update_main", False))
-        )
     return result
-
-
-def write_card(recipe: Recipe, final: Path, previous_path: str, previous_revision: str | None):
-    """The stage's model card (README.md): what trained, the recipe, the data mix and, for a Hub start, lineage."""
-    from ..cards import render_model_card
-
-    from_hub = not Path(previous_path).exists()
-    previous = f"{previous_path}@{previous_revision or 'main'}" if from_hub else None
-    card = render_model_card(
-        final,
-        stage=recipe.stage,
-        repo_id=(recipe.push or {}).get("repo"),
-        recipe={
-            "model": recipe.model,
-            "stage_overrides": recipe.stage_overrides,
-            "training": recipe.training,
-            "datasets": recipe.data.get("datasets", []),
-        },
-        previous_stage_ref=previous,
-        spec=recipe.spec,
-    )
-    card.save(final / "README.md")

@@ -8,6 +8,7 @@ checkpoint was taken, at any step, in any pass over the data, without re-reading
 is marked complete only once every file is written; resuming takes the newest complete one.
 """
 
+import copy
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
@@ -24,56 +25,16 @@ from transformers.trainer_callback import ProgressCallback, TrainerCallback, Tra
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from ..checkpoint import save_checkpoint, set_processor_stage
-from ..conversion import interpolate_position_embedding
 from ..data import DataHealth, TrainingStream
+from ..stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 from .collator import TinyGPTVCollator
 from .inputs import training_samples
-from .stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec
 
 logger = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 COMPLETE_MARK = "checkpoint_complete.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-def set_image_size(model, processor, image_size: int):
-    """Move a checkpoint to another input size (stage 4 uses 448): the position table is interpolated once, in
-    float32, and stored, exactly as the original did at load time."""
-    vision = model.model.vision_model if hasattr(model, "model") else model.vision_model
-    config = model.config
-    if config.vision_config.image_size == image_size:
-        return
-    embeddings = vision.embeddings
-    table = interpolate_position_embedding(
-        embeddings.position_embedding.data, image_size, config.vision_config.patch_size
-    )
-    embeddings.position_embedding = torch.nn.Parameter(
-        table, requires_grad=embeddings.position_embedding.requires_grad
-    )
-    embeddings.image_size = image_size
-    embeddings.num_patches = (image_size // config.vision_config.patch_size) ** 2
-    embeddings.num_positions = embeddings.num_patches + 1
-    config.vision_config.image_size = image_size
-    processor.image_processor.size = {"height": image_size, "width": image_size}
-
-
-def prepare_model_for_stage(model, spec: StageSpec):
-    """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
-    model.requires_grad_(False)
-    if spec.lora is not None:
-        lora_config = LoraConfig(
-            r=spec.lora.r,
-            lora_alpha=spec.lora.alpha,
-            lora_dropout=spec.lora.dropout,
-            target_modules=spec.lora.target_modules,
-            bias="none",
-        )
-        model = get_peft_model(model, lora_config)
-    for name, parameter in model.named_parameters():
-        if spec.is_trainable(name):
-            parameter.requires_grad_(True)
-    return model
 
 
 def checkpoint_is_complete(folder) -> bool:
@@ -150,11 +111,15 @@ class TinyGPTVStageTrainer(Trainer):
         stream = train_dataset if isinstance(train_dataset, TrainingStream) else TrainingStream(train_dataset)
         self.train_stream = stream.for_rank(args.process_index, args.world_size)
         set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
-        set_image_size(model, processor, self.stage_spec.image_size)
+        image_size = self.stage_spec.image_size
+        model.set_image_size(image_size)
+        processor.image_processor.size = {"height": image_size, "width": image_size}
         model.config.stage = self.stage_spec.stage
         set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
         model = prepare_model_for_stage(model, self.stage_spec)
         # The collator needs the raw samples; the stream restores its own position, where Trainer would replay.
+        # Set on a copy: the caller's arguments stay as they gave them.
+        args = copy.copy(args)
         args.remove_unused_columns = False
         args.ignore_data_skip = True
         collator = TinyGPTVCollator(
@@ -257,6 +222,20 @@ class TinyGPTVStageTrainer(Trainer):
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on matrices only (projector and LoRA weights), never on norms or biases, as the original."""
         return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Trainer's own checkpoints (`_internal_call`) hold only the trainable tensors, for an exact resume; a
+        caller's `save_model()` gets a complete folder that loads with `from_pretrained`: LoRA merged into a copy
+        (the model in training is left as it is, at the cost of a second copy in memory while saving)."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = Path(output_dir or self.args.output_dir)
+        model = self.model
+        if isinstance(model, PeftModel):
+            model = copy.deepcopy(model).merge_and_unload()
+        if self.is_world_process_zero():
+            save_checkpoint(model, self.processing_class, output_dir)
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = Path(output_dir or self.args.output_dir)

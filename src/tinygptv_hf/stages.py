@@ -1,0 +1,157 @@
+"""The stages of TinyGPT-V as data, stage 0 (a fresh checkpoint) included: the one registry of what a stage trains,
+its template, end symbol, image size, name and description, from which every other module derives them.
+
+Reference sections 2.2, 3.4 and 5.2. A stage never differs from another by code, only by these fields.
+"""
+
+import re
+from dataclasses import dataclass, field, fields, replace
+
+from .processors.templates import END_SYMBOL, INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE
+
+# Stage 1 trains the projector and the weights (not the biases) of every norm the paper adds or re-trains.
+NORM_WEIGHTS = (
+    r"language_model\.layers\.\d+\.(input_layernorm|post_layernorm|self_attn\.q_layernorm|self_attn\.k_layernorm)\.weight$",
+    r"language_model\.final_layernorm\.weight$",
+)
+PROJECTOR = (r"multi_modal_projector\.",)
+VISION_SIDE = (r"\.vision_model\.", r"\.qformer\.", r"\.query_tokens$")
+# LoRA sits on the language model's attention projections only (the original's query_key_value and dense), with
+# the original's rank, alpha and dropout.
+LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
+LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 64, 16, 0.05
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = LORA_RANK
+    alpha: int = LORA_ALPHA
+    dropout: float = LORA_DROPOUT
+    target_modules: str = LORA_TARGETS
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage. `trainable` are regexes searched in parameter names; LoRA parameters train when `lora` is set."""
+
+    stage: int
+    name: str
+    trainable: tuple[str, ...]
+    lora: LoraSpec | None
+    prompt_template: str | None
+    end_symbol: str
+    image_size: int
+    max_text_length: int
+    learning_rate: float
+    min_learning_rate: float
+    warmup_learning_rate: float = 1e-6
+    weight_decay: float = 0.05
+    extra_trainable: tuple[str, ...] = field(default=())
+    chat_template: str = "conversation"  # the family of `processors.templates.CHAT_TEMPLATES` used by default
+    description: str = ""  # for the model card
+
+    def is_trainable(self, parameter_name: str) -> bool:
+        patterns = self.trainable + self.extra_trainable
+        return any(re.search(pattern, parameter_name) for pattern in patterns)
+
+    def with_overrides(self, **overrides) -> "StageSpec":
+        """A copy with recipe overrides, e.g. `extra_trainable=VISION_SIDE` for the demo's untrained vision tower."""
+        unknown = set(overrides) - {spec_field.name for spec_field in fields(self)}
+        if unknown:
+            raise ValueError(
+                f"Unknown stage override(s) {sorted(unknown)}; StageSpec has {[f.name for f in fields(self)]}."
+            )
+        if isinstance(overrides.get("lora"), dict):
+            overrides["lora"] = LoraSpec(**overrides["lora"])
+        if "extra_trainable" in overrides:
+            overrides["extra_trainable"] = tuple(overrides["extra_trainable"])
+        return replace(self, **overrides)
+
+
+# Stage 0 trains nothing: it is the checkpoint `tinygptv init` writes, answering in the conversation format.
+INITIAL = StageSpec(
+    stage=0,
+    name="initial",
+    trainable=(),
+    lora=None,
+    prompt_template=None,
+    end_symbol=END_SYMBOL,
+    image_size=224,
+    max_text_length=0,
+    learning_rate=0.0,
+    min_learning_rate=0.0,
+    description="Initial: the pretrained Phi-2 and BLIP-2 parts with a fresh projector and fresh added norms; "
+    "nothing has been trained together yet.",
+)
+# Stages 1-2 end captions with a newline (reference 3.4).
+WARMUP = replace(
+    INITIAL,
+    stage=1,
+    name="warm-up",
+    trainable=PROJECTOR + NORM_WEIGHTS,
+    end_symbol="\n",
+    max_text_length=32,
+    learning_rate=1e-4,
+    min_learning_rate=8e-5,
+    description="Warm-up: image-caption pairs align the projector with the frozen language model. Only the "
+    "projector and the weights of the language model's norms train; there is no LoRA in this stage.",
+)
+PRETRAINING = replace(
+    WARMUP,
+    stage=2,
+    name="pre-training",
+    lora=LoraSpec(),
+    description="Pre-training: more image-caption pairs, now with LoRA on the language model's attention "
+    "projections next to the projector and norm weights. The LoRA weights are merged into the saved weights.",
+)
+INSTRUCTION = replace(
+    PRETRAINING,
+    stage=3,
+    name="instruction tuning",
+    prompt_template=INSTRUCTION_TEMPLATE,
+    end_symbol=END_SYMBOL,
+    max_text_length=160,
+    learning_rate=3e-5,
+    min_learning_rate=1e-5,
+    description="Instruction tuning: a small set of image-instruction conversations teaches the chat format, with "
+    "the same trainable set as stage 2 (LoRA merged).",
+)
+# The original's stage-4 "minimum" (8e-5) is above its initial rate (1e-5), so its cosine raises the rate; the
+# paper repeats these numbers. They are kept here to reproduce the run (reference 8.10); recipes may change them.
+MULTITASK = replace(
+    PRETRAINING,
+    stage=4,
+    name="multi-task learning",
+    prompt_template=MULTITASK_TEMPLATE,
+    end_symbol=END_SYMBOL,
+    image_size=448,
+    max_text_length=1024,
+    learning_rate=1e-5,
+    min_learning_rate=8e-5,
+    chat_template="multitask",
+    description="Multi-task learning: VQA, captioning, grounding and conversation data at 448 px with task "
+    "identifiers, with the same trainable set as stage 2 (LoRA merged).",
+)
+
+STAGES = {spec.stage: spec for spec in (INITIAL, WARMUP, PRETRAINING, INSTRUCTION, MULTITASK)}
+TRAINING_STAGES = {stage: spec for stage, spec in STAGES.items() if stage}
+
+
+def prepare_model_for_stage(model, spec: StageSpec):
+    """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
+    from peft import LoraConfig, get_peft_model  # here, so that the commands' parsers load without peft
+
+    model.requires_grad_(False)
+    if spec.lora is not None:
+        lora_config = LoraConfig(
+            r=spec.lora.r,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules,
+            bias="none",
+        )
+        model = get_peft_model(model, lora_config)
+    for name, parameter in model.named_parameters():
+        if spec.is_trainable(name):
+            parameter.requires_grad_(True)
+    return model
