@@ -3,9 +3,12 @@
 from .configuration_tinygptv import TinyGPTVConfig, TinyGPTVTextConfig
 from .modeling_tinygptv import TinyGPTVForConditionalGeneration, TinyGPTVModel, TinyGPTVPreTrainedModel
 from .modeling_tinygptv_phi import TinyGPTVDecoderLayer, TinyGPTVTextModel
+from .quantization_tinygptv import CpuInt8Linear, TinyGPTVCpuInt8Config
 
 __all__ = [
+    "CpuInt8Linear",
     "TinyGPTVConfig",
+    "TinyGPTVCpuInt8Config",
     "TinyGPTVDecoderLayer",
     "TinyGPTVForConditionalGeneration",
     "TinyGPTVModel",
