@@ -35,6 +35,10 @@ CPU_INT8_METHOD = "tinygptv_cpu_int8"
 # Elements of float32 weight dequantized at once on the many-rows path (16 MiB): large enough for an efficient
 # GEMM per slice, small enough that the transient is negligible next to the model.
 DEQUANTIZED_SLICE_ELEMENTS = 1 << 22
+# `_weight_int8pack_mm`'s x86 kernels step through the input features a vector at a time with aligned loads and
+# no remainder loop: with torch 2.13 on AVX2, widths that are not a multiple of 16 (24, 40, ...) give wrong numbers
+# or crash the process. Layers of other widths always take the dequantized path.
+KERNEL_K_MULTIPLE = 16
 
 
 class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
@@ -125,7 +129,7 @@ class CpuInt8Linear(nn.Module):
                 "the checkpoint without cpu_int8 (bf16, or bitsandbytes for 8-bit)."
             )
         rows = hidden_states.reshape(-1, self.in_features)
-        if rows.shape[0] <= self.max_decode_rows:
+        if rows.shape[0] <= self.max_decode_rows and self.in_features % KERNEL_K_MULTIPLE == 0:
             output = self._int8_kernel(rows)
         else:
             output = self._dequantized(rows)
@@ -135,9 +139,10 @@ class CpuInt8Linear(nn.Module):
 
     def _int8_kernel(self, rows: torch.Tensor) -> torch.Tensor:
         dtype = kernel_activation_dtype()
-        return torch.ops.aten._weight_int8pack_mm(
-            rows.to(dtype).contiguous(), self.weight, self.weight_scale.to(dtype)
-        ).float()
+        rows = rows.to(dtype).contiguous()
+        if rows.data_ptr() % 64:  # the x86 kernels load rows with aligned vector loads
+            rows = rows.clone()
+        return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale.to(dtype)).float()
 
     def _dequantized(self, rows: torch.Tensor) -> torch.Tensor:
         rows = rows.float()
