@@ -1,6 +1,6 @@
 """The CPU int8 mode (`from_pretrained(..., cpu_int8=True)`): its layer against float32 arithmetic on both kernel
 paths, the whole model against the float32 one, a saved int8 folder reloading int8 with and without the package,
-and the requests it refuses."""
+the requests it refuses, and the chat's choice of weights."""
 
 import json
 
@@ -11,6 +11,8 @@ from test_core_remote_code import run_without_package
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
 from tinygptv_hf import TinyGPTVCpuInt8Config
+from tinygptv_hf.chat import load_chat_model
+from tinygptv_hf.cli import build_parser
 from tinygptv_hf.modeling import CpuInt8Linear, quantization_tinygptv
 from tinygptv_hf.modeling.quantization_tinygptv import quantize_weight
 
@@ -158,3 +160,32 @@ def test_inputs_off_the_cpu_are_refused():
     layer = int8_layer(torch.randn(8, 16), torch.zeros(8))
     with pytest.raises(RuntimeError, match="runs on the CPU only, but got inputs on meta"):
         layer(torch.empty(1, 16, device="meta"))
+
+
+def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
+    model, _ = load_chat_model(str(tiny_checkpoint))
+    assert isinstance(model.lm_head, CpuInt8Linear)
+    model, _ = load_chat_model(str(tiny_checkpoint), "none")
+    assert type(model.lm_head) is torch.nn.Linear
+    # a folder saved quantized keeps its own quantization instead of failing on a second one
+    bnb_folder = tmp_path / "bnb"
+    AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+    ).save_pretrained(bnb_folder)
+    AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(bnb_folder)
+    model, _ = load_chat_model(str(bnb_folder))
+    assert model.config.quantization_config.quant_method == "bitsandbytes"
+    with pytest.raises(ValueError, match="one of int8, none, 8bit, 4bit; got 'fp16'"):
+        load_chat_model(str(tiny_checkpoint), "fp16")
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_weight_flags_of_chat_and_serve(command, capsys):
+    parser = build_parser()
+    assert parser.parse_args([command, "folder"]).quantization is None
+    assert parser.parse_args([command, "folder", "--int8"]).quantization == "int8"
+    assert parser.parse_args([command, "folder", "--full-weights"]).quantization == "none"
+    assert parser.parse_args([command, "folder", "--load-in-4bit"]).quantization == "4bit"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "folder", "--int8", "--load-in-8bit"])
+    assert "not allowed with argument --int8" in capsys.readouterr().err

@@ -20,6 +20,7 @@ This file ships as remote code: it may import only pip packages and siblings in 
 """
 
 import functools
+import threading
 import time
 
 import torch
@@ -145,16 +146,29 @@ class CpuInt8Linear(nn.Module):
         return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale.to(dtype)).float()
 
     def _dequantized(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 GEMM on the int8 weight converted a slice of output channels at a time into this thread's
+        scratch buffer (a fresh buffer per slice would cost a page fault per 4 KiB); the scales multiply the
+        output, so the conversion is a plain copy."""
         rows = rows.float()
         step = max(1, DEQUANTIZED_SLICE_ELEMENTS // self.in_features)
-        if step >= self.out_features:
-            return F.linear(rows, self.weight.float().mul_(self.weight_scale[:, None]))
+        scratch = _scratch(step * self.in_features)
         output = rows.new_empty(rows.shape[0], self.out_features)
         for start in range(0, self.out_features, step):
-            stop = min(start + step, self.out_features)
-            weight = self.weight[start:stop].float().mul_(self.weight_scale[start:stop, None])
-            output[:, start:stop] = F.linear(rows, weight)
-        return output
+            weight = self.weight[start : start + step]
+            output[:, start : start + step] = F.linear(rows, scratch[: weight.numel()].view(weight.shape).copy_(weight))
+        return output.mul_(self.weight_scale)
+
+
+_thread_state = threading.local()
+
+
+def _scratch(elements: int) -> torch.Tensor:
+    """A float32 buffer of at least `elements` for the calling thread, kept for its next call (one per thread, so
+    that two generations in two threads never share it)."""
+    buffer = getattr(_thread_state, "scratch", None)
+    if buffer is None or buffer.numel() < elements:
+        buffer = _thread_state.scratch = torch.empty(elements, dtype=torch.float32)
+    return buffer
 
 
 def replace_linear_layers(model: nn.Module, config: TinyGPTVCpuInt8Config) -> list[str]:
