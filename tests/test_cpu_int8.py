@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from test_core_remote_code import run_without_package
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
@@ -119,9 +121,14 @@ def test_saved_int8_folder_reloads_int8_with_and_without_the_package(int8_model,
     reloaded = AutoModelForImageTextToText.from_pretrained(folder).eval()  # no cpu_int8: the folder says it
     assert isinstance(reloaded.lm_head, CpuInt8Linear)
     assert torch.equal(reloaded.lm_head.weight, int8_model.lm_head.weight)
+    layers = [module for module in reloaded.modules() if isinstance(module, CpuInt8Linear)]
+    assert all(layer.kernel_can_read_weight() for layer in layers)  # mapped weights were realigned
     with torch.no_grad():
         expected = int8_model(**prompt).logits
         torch.testing.assert_close(reloaded(**prompt).logits, expected, rtol=0, atol=0)
+    batch = {key: value.expand(6, *value.shape[1:]) for key, value in prompt.items()}
+    settings = dict(max_new_tokens=3, do_sample=False, stop_strings=None)
+    assert torch.equal(reloaded.generate(**batch, **settings), int8_model.generate(**batch, **settings))
 
     out = tmp_path / "remote"
     run_without_package(tmp_path, folder, image_files[0], "what is it", out)
@@ -154,6 +161,41 @@ def test_requests_it_cannot_serve_are_refused(tiny_checkpoint, tmp_path):
     ).save_pretrained(bnb_folder)
     with pytest.raises(ValueError, match="quantized with BitsAndBytesConfig"):
         AutoModelForImageTextToText.from_pretrained(bnb_folder, cpu_int8=True)
+
+
+def test_weights_the_kernel_cannot_read_in_place_are_copied_once(tmp_path):
+    """safetensors aligns a memory-mapped tensor to 8 bytes; torch's x86 kernel crashes on int8 weights that are
+    not 16-byte aligned once 4 rows come. Such a layer falls back to float32 arithmetic until `align_weights` has
+    copied its weight (as loading does), which hands the mapped pages back."""
+    generator = torch.Generator().manual_seed(0)
+    layer = int8_layer(torch.randn(64, 32, generator=generator), torch.zeros(64), max_decode_rows=16)
+    buffer = torch.empty(layer.weight.numel() + 64, dtype=torch.int8)
+    offset = next(i for i in range(64) if (buffer.data_ptr() + i) % 16 == 8)
+    layer.weight.data = buffer[offset : offset + layer.weight.numel()].view(64, 32).copy_(layer.weight)
+    inputs = torch.randn(8, 32, generator=generator)
+    expected = F.linear(inputs, layer.weight.float() * layer.weight_scale[:, None])
+    assert not layer.kernel_can_read_weight()
+    torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5)
+    assert quantization_tinygptv.align_weights(torch.nn.Sequential(layer)) == 1
+    assert layer.kernel_can_read_weight()
+    torch.testing.assert_close(layer(inputs), expected, rtol=2e-2, atol=2e-2 * expected.abs().max())
+
+
+def test_released_pages_of_a_mapped_file_leave_resident_memory(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.arange(64 << 20, dtype=torch.int32).to(torch.int8)}, path)
+    with safe_open(path, framework="pt") as weights:
+        mapped = weights.get_slice("weight")[...]
+    total = mapped.sum(dtype=torch.int64).item()  # every page read: resident
+
+    def resident_file_mb():
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(status["RssFile"].split()[0]) / 1024
+
+    before = resident_file_mb()
+    quantization_tinygptv.release_pages(mapped)
+    assert resident_file_mb() < before - 48
+    assert mapped.sum(dtype=torch.int64).item() == total  # read again from the file
 
 
 def test_inputs_off_the_cpu_are_refused():

@@ -19,7 +19,10 @@ scales with the config, so a saved folder loads int8 again without being asked.
 This file ships as remote code: it may import only pip packages and siblings in its own folder.
 """
 
+import ctypes
 import functools
+import os
+import sys
 import threading
 import time
 
@@ -37,9 +40,14 @@ CPU_INT8_METHOD = "tinygptv_cpu_int8"
 # GEMM per slice, small enough that the transient is negligible next to the model.
 DEQUANTIZED_SLICE_ELEMENTS = 1 << 22
 # `_weight_int8pack_mm`'s x86 kernels step through the input features a vector at a time with aligned loads and
-# no remainder loop: with torch 2.13 on AVX2, widths that are not a multiple of 16 (24, 40, ...) give wrong numbers
-# or crash the process. Layers of other widths always take the dequantized path.
+# no remainder loop. Measured with torch 2.13 on AVX2: widths that are not a multiple of 16 (24, 40, ...) give wrong
+# numbers or crash the process, so do activations not aligned to 32 bytes, and so do weights not aligned to 16
+# bytes once 4 or more rows come (the AVX-512 kernel loads weights aligned whatever the rows). A memory-mapped
+# safetensors file aligns its tensors to 8 bytes only: such weights are copied once at load (`align_weights`).
 KERNEL_K_MULTIPLE = 16
+KERNEL_WEIGHT_ALIGNMENT = 16
+KERNEL_ACTIVATION_ALIGNMENT = 64
+MADV_PAGEOUT = 21  # Linux >= 5.4
 
 
 class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
@@ -130,7 +138,7 @@ class CpuInt8Linear(nn.Module):
                 "the checkpoint without cpu_int8 (bf16, or bitsandbytes for 8-bit)."
             )
         rows = hidden_states.reshape(-1, self.in_features)
-        if rows.shape[0] <= self.max_decode_rows and self.in_features % KERNEL_K_MULTIPLE == 0:
+        if rows.shape[0] <= self.max_decode_rows and self.kernel_can_read_weight():
             output = self._int8_kernel(rows)
         else:
             output = self._dequantized(rows)
@@ -138,10 +146,13 @@ class CpuInt8Linear(nn.Module):
             output += self.bias
         return output.view(*hidden_states.shape[:-1], self.out_features).to(hidden_states.dtype)
 
+    def kernel_can_read_weight(self) -> bool:
+        return self.in_features % KERNEL_K_MULTIPLE == 0 and self.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT == 0
+
     def _int8_kernel(self, rows: torch.Tensor) -> torch.Tensor:
         dtype = kernel_activation_dtype()
         rows = rows.to(dtype).contiguous()
-        if rows.data_ptr() % 64:  # the x86 kernels load rows with aligned vector loads
+        if rows.data_ptr() % KERNEL_ACTIVATION_ALIGNMENT:
             rows = rows.clone()
         return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale.to(dtype)).float()
 
@@ -169,6 +180,34 @@ def _scratch(elements: int) -> torch.Tensor:
     if buffer is None or buffer.numel() < elements:
         buffer = _thread_state.scratch = torch.empty(elements, dtype=torch.float32)
     return buffer
+
+
+def align_weights(model: nn.Module) -> int:
+    """Copy every int8 weight the kernel cannot read in place (a memory-mapped checkpoint aligns tensors to 8
+    bytes) into memory of torch's own (64-byte aligned), one layer at a time, and hand the pages of the mapped
+    copy back to the kernel, so the weights are held once; returns how many were copied."""
+    copied = 0
+    for module in model.modules():
+        if isinstance(module, CpuInt8Linear) and module.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT:
+            mapped = module.weight.data
+            module.weight.data = mapped.clone()
+            release_pages(mapped)
+            copied += 1
+    return copied
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to reclaim the pages wholly inside `tensor`'s memory (`MADV_PAGEOUT`). For a memory-mapped
+    checkpoint these are clean file pages: they leave this process's resident memory and are read from the file
+    again if ever touched. Nothing is lost for any other memory either (without swap it stays where it is), and
+    where the call does not exist nothing happens."""
+    storage = tensor.untyped_storage()
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    start = -(-storage.data_ptr() // page) * page
+    end = (storage.data_ptr() + storage.nbytes()) // page * page
+    madvise = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform == "linux" else None
+    if madvise is not None and end > start:
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT)
 
 
 def replace_linear_layers(model: nn.Module, config: TinyGPTVCpuInt8Config) -> list[str]:
@@ -231,6 +270,10 @@ class TinyGPTVCpuInt8Quantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, **kwargs):
         if not replace_linear_layers(model, self.quantization_config):
             raise ValueError("cpu_int8 found no Linear layer to quantize; check modules_to_not_convert.")
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        align_weights(model)
+        return model
 
     def get_quantize_ops(self):
         return QuantizeOnLoad(self)
