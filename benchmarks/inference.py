@@ -11,7 +11,7 @@ the image path, peak resident memory, footprint, and logit drift against fp32 on
 `transformers.PhiForCausalLM` with the same text sizes runs in the same session. On a CUDA machine the same
 commands measure bf16, torch.compile and the quantized modes instead.
 
-    python benchmarks/inference.py prepare [--preset phi2] [--text-layers N] [--root DIR]
+    python benchmarks/inference.py prepare [--preset phi2] [--text-layers N] [--root DIR] [--modes ...]
     python benchmarks/inference.py run [--modes fp32 cpu-int8 ...] [--text-layers N] [--output results.json]
     python benchmarks/inference.py report results.json [more.json ...]   # tables from one or several runs
 """
@@ -177,13 +177,14 @@ def quantize_checkpoint(source: Path, target: Path, kind: str):
     AutoProcessor.from_pretrained(source).save_pretrained(target)
 
 
-def prepare(root: Path, sizes: Sizes):
+def prepare(root: Path, sizes: Sizes, modes: list[str]):
+    """The checkpoints `modes` load that do not exist yet: bf16 first, the quantized ones from it."""
     bf16 = root / f"{sizes.name}-bf16"
     if not (bf16 / "config.json").exists():
         start = time.perf_counter()
         write_checkpoint(bf16, sizes.preset, torch.bfloat16, text_config=sizes.text_overrides())
         print(f"wrote {bf16} in {time.perf_counter() - start:.0f} s", flush=True)
-    for kind in ("int8", "nf4", *(("cpu-int8",) if device().type == "cpu" else ())):
+    for kind in sorted({MODES[mode].source for mode in modes} - {"random", "bf16"}):
         target = root / f"{sizes.name}-{kind}"
         if not (target / "config.json").exists():
             start = time.perf_counter()
@@ -622,7 +623,7 @@ def main():
         quantize_checkpoint(Path(source), Path(target), kind)
         print(json.dumps(peak_memory_gb()))
     elif args.command == "prepare":
-        prepare(args.root, sizes)
+        prepare(args.root, sizes, args.modes)
     elif args.command == "report":
         sessions = [json.loads(Path(path).read_text()) for path in args.arguments]
         print(report(merge(sessions), sessions[0].get("model", args.preset)))

@@ -118,6 +118,49 @@ def kernel_activation_dtype() -> torch.dtype:
     return torch.bfloat16 if best[torch.bfloat16] < 0.8 * best[torch.float32] else torch.float32
 
 
+# Row counts at which the float32 GEMMs are compared: one decoding sequence, a batch of them, a prompt.
+CALIBRATION_ROWS = (1, 8, 64)
+
+
+def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's float32 inner product on the plain (unpacked) weight."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+@functools.cache
+def float32_linear_choice() -> tuple[bool, ...]:
+    """For each of `CALIBRATION_ROWS`, whether oneDNN beats stock `F.linear` (MKL's GEMM on x86) on this CPU,
+    timed once per process on one Phi-2 MLP weight. On the project's AMD EPYC (AVX2) MKL's path for a few rows
+    moves about half the memory bandwidth and oneDNN 2-7x more rows per second; elsewhere it may be the other way
+    round, so it is measured, not assumed."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return (False,) * len(CALIBRATION_ROWS)
+    weight = torch.randn(10240, 2560) / 50
+    choice = []
+    for count in CALIBRATION_ROWS:
+        rows = torch.randn(count, 2560)
+        best = {}
+        for use_onednn, linear in ((False, F.linear), (True, onednn_linear)):
+            linear(rows, weight, None)
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                linear(rows, weight, None)
+                times.append(time.perf_counter() - start)
+            best[use_onednn] = min(times)
+        choice.append(best[True] < best[False])
+    return tuple(choice)
+
+
+def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows (inference
+    only: oneDNN's op has no gradient)."""
+    nearest = min(range(len(CALIBRATION_ROWS)), key=lambda i: abs(CALIBRATION_ROWS[i] - rows.shape[0]))
+    if float32_linear_choice()[nearest] and not (torch.is_grad_enabled() and rows.requires_grad):
+        return onednn_linear(rows, weight, bias)
+    return F.linear(rows, weight, bias)
+
+
 class CpuInt8Linear(nn.Module):
     """`nn.Linear` with an int8 `weight` (out, in) and a float32 `weight_scale` (out,); bias stays float32."""
 
@@ -166,7 +209,8 @@ class CpuInt8Linear(nn.Module):
         output = rows.new_empty(rows.shape[0], self.out_features)
         for start in range(0, self.out_features, step):
             weight = self.weight[start : start + step]
-            output[:, start : start + step] = F.linear(rows, scratch[: weight.numel()].view(weight.shape).copy_(weight))
+            dequantized = scratch[: weight.numel()].view(weight.shape).copy_(weight)
+            output[:, start : start + step] = float32_linear(rows, dequantized)
         return output.mul_(self.weight_scale)
 
 
