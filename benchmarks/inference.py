@@ -53,6 +53,7 @@ class Mode:
     source: str
     dtype: torch.dtype  # of the layers left unquantized, and of the activations
     pack: bool = False  # CPU: Linear weights of the language model pre-packed for oneDNN
+    gemm_choice: bool = False  # CPU: every Linear through cpu_int8's per-machine choice of float32 GEMM
     torchao: bool = False  # transformers' TorchAoConfig(Int8WeightOnlyConfig()) at load (needs torchao)
     compile: bool = False  # torch.compile on every decoder layer
     # bitsandbytes repacks each 4-bit weight into a new buffer at its first CPU forward on AVX512-BF16 machines
@@ -86,6 +87,10 @@ CPU_MODES = {
     "torchao-int8-compile": Mode(
         "tinygptv", "bf16", torch.float32, torchao=True, compile=True,
         what="torchao int8 weight-only as above, decoder layers torch.compile'd (inductor freezing)",
+    ),
+    "fp32-gemm-choice": Mode(
+        "tinygptv", "random", torch.float32, gemm_choice=True,
+        what="float32, every Linear through the faster of MKL and oneDNN (plain weights) per row count",
     ),
     "fp32-packed": Mode(
         "tinygptv", "random", torch.float32, pack=True, what="float32, LM Linear weights pre-packed by oneDNN"
@@ -249,6 +254,19 @@ def pack_for_onednn(model, dtype: torch.dtype):
         model.lm_head = to_mkldnn(model.lm_head, dtype)
 
 
+def use_gemm_choice(model):
+    """Every plain `nn.Linear` calls cpu_int8's `float32_linear` (same weights, no copy)."""
+    from tinygptv_hf.modeling.quantization_tinygptv import float32_linear
+
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            def forward(x, module=module):
+                rows = float32_linear(x.reshape(-1, x.shape[-1]), module.weight, module.bias)
+                return rows.view(*x.shape[:-1], module.out_features)
+
+            module.forward = forward
+
+
 def compile_layers(model):
     """torch.compile each decoder layer; on CPU with inductor freezing, which packs weights for oneDNN."""
     if device().type == "cpu":
@@ -400,6 +418,8 @@ def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: 
     result["footprint_gb"] = model.get_memory_footprint() / 1e9
     if mode.pack:
         pack_for_onednn(model, mode.dtype)
+    if mode.gemm_choice:
+        use_gemm_choice(model)
     if mode.compile:
         compile_layers(model)
     result["decode_bytes"] = {}
