@@ -4,10 +4,12 @@ A CPU decode step reads every weight once per token, so its speed is the bytes i
 quarter of float32's. How a layer multiplies depends on how many rows it gets:
 - few rows (decoding: one per sequence) go through torch's int8 weight-only kernel, `aten._weight_int8pack_mm`,
   on activations cast to the dtype that kernel is fastest with on this CPU (measured once per process: on AVX2
-  its bfloat16 path is ~10x faster than its float32 one), and the result is cast back to float32;
+  and AVX-512 its bfloat16 path is vectorised and its float32 one a plain loop, 20-50x slower), and the result
+  is cast back to float32;
 - many rows (prompts, the vision tower's 257 patches, the Q-Former) are bound by arithmetic, not bytes, and the
-  int8 kernel is slower there than float32 GEMM, so the weight is dequantized to float32 one slice of output
-  channels at a time (never the whole model, never a whole large layer) and multiplied by the stock float32 GEMM.
+  int8 kernel is slower there than float32 GEMM, so the weight is converted to float32 one slice of output
+  channels at a time (never the whole model, never a whole large layer) and multiplied by the faster float32
+  GEMM of this CPU for that many rows (MKL's or oneDNN's on the plain weight, timed once per process).
 Everything that is not a Linear layer (embeddings, norms, the patch convolution, position tables, query tokens)
 stays float32, and so do all activations between layers.
 
@@ -40,10 +42,11 @@ CPU_INT8_METHOD = "tinygptv_cpu_int8"
 # GEMM per slice, small enough that the transient is negligible next to the model.
 DEQUANTIZED_SLICE_ELEMENTS = 1 << 22
 # `_weight_int8pack_mm`'s x86 kernels step through the input features a vector at a time with aligned loads and
-# no remainder loop. Measured with torch 2.13 on AVX2: widths that are not a multiple of 16 (24, 40, ...) give wrong
-# numbers or crash the process, so do activations not aligned to 32 bytes, and so do weights not aligned to 16
-# bytes once 4 or more rows come (the AVX-512 kernel loads weights aligned whatever the rows). A memory-mapped
-# safetensors file aligns its tensors to 8 bytes only: such weights are copied once at load (`align_weights`).
+# no remainder loop. Measured with torch 2.13 (AMD EPYC, AVX-512 and AVX2 dispatch): the AVX-512 kernel gives wrong
+# numbers or crashes the process for widths that are not a multiple of 16 (the AVX2 one: 8), for activations not
+# aligned to 32 bytes (AVX2: 16), and for weights not aligned to 16 bytes once 4 or more rows come. A
+# memory-mapped safetensors file aligns its tensors to 8 bytes only: such weights are copied once at load
+# (`align_weights`).
 KERNEL_K_MULTIPLE = 16
 KERNEL_WEIGHT_ALIGNMENT = 16
 KERNEL_ACTIVATION_ALIGNMENT = 64
@@ -55,8 +58,8 @@ class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
 
     Args:
         max_decode_rows: layers that get at most this many rows (tokens x sequences) use the int8 kernel; more rows
-            use dequantized float32 weights (on the 2-core AVX2 machine of docs/benchmarks.md the int8 kernel stops
-            winning between 8 and 32 rows).
+            use dequantized float32 weights (on the 2-core AMD EPYC of docs/benchmarks.md the int8 kernel stops
+            winning between 16 and 55 rows).
         modules_to_not_convert: Linear layers to keep in float32 (transformers' patterns: a module-name prefix, a
             regex or a suffix); by default every Linear layer is quantized, the LM head, vision tower and Q-Former
             included, which is what fits the full-size model in 5 GB.
@@ -102,8 +105,8 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def kernel_activation_dtype() -> torch.dtype:
     """The activation dtype in which `_weight_int8pack_mm` decodes fastest on this CPU, timed once per process on
-    one Phi-2 attention-sized weight. On AVX2 its float32 path is a plain loop (~10x slower than bfloat16); on
-    AVX-512 both are vectorised. Ties go to float32, which rounds nothing."""
+    one Phi-2 attention-sized weight. On x86 (AVX2 and AVX-512) only its bfloat16 path is vectorised; on ARM all
+    are. Ties go to float32, which rounds nothing."""
     weight = torch.ones(2560, 2560, dtype=torch.int8)
     best = {}
     for dtype in (torch.float32, torch.bfloat16):
