@@ -254,19 +254,6 @@ def pack_for_onednn(model, dtype: torch.dtype):
         model.lm_head = to_mkldnn(model.lm_head, dtype)
 
 
-def use_gemm_choice(model):
-    """Every plain `nn.Linear` calls cpu_int8's `float32_linear` (same weights, no copy)."""
-    from tinygptv_hf.modeling.quantization_tinygptv import float32_linear
-
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            def forward(x, module=module):
-                rows = float32_linear(x.reshape(-1, x.shape[-1]), module.weight, module.bias)
-                return rows.view(*x.shape[:-1], module.out_features)
-
-            module.forward = forward
-
-
 def compile_layers(model):
     """torch.compile each decoder layer; on CPU with inductor freezing, which packs weights for oneDNN."""
     if device().type == "cpu":
@@ -419,7 +406,9 @@ def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: 
     if mode.pack:
         pack_for_onednn(model, mode.dtype)
     if mode.gemm_choice:
-        use_gemm_choice(model)
+        from tinygptv_hf.modeling import use_cpu_gemm_choice
+
+        use_cpu_gemm_choice(model)
     if mode.compile:
         compile_layers(model)
     result["decode_bytes"] = {}

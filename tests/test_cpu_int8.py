@@ -2,6 +2,7 @@
 paths, the whole model against the float32 one, a saved int8 folder reloading int8 with and without the package,
 the requests it refuses, and the chat's choice of weights."""
 
+import copy
 import json
 
 import pytest
@@ -15,7 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndByte
 from tinygptv_hf import TinyGPTVCpuInt8Config
 from tinygptv_hf.chat import load_chat_model
 from tinygptv_hf.cli import build_parser
-from tinygptv_hf.modeling import CpuInt8Linear, quantization_tinygptv
+from tinygptv_hf.modeling import CpuFloat32Linear, CpuInt8Linear, quantization_tinygptv, use_cpu_gemm_choice
 from tinygptv_hf.modeling.quantization_tinygptv import quantize_weight
 
 
@@ -204,11 +205,33 @@ def test_inputs_off_the_cpu_are_refused():
         layer(torch.empty(1, 16, device="meta"))
 
 
-def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("rows", [1, 8, 64, 257])
+def test_float32_gemm_choice_computes_the_same_linear(rows):
+    generator = torch.Generator().manual_seed(rows)
+    stock = torch.nn.Linear(96, 80)
+    inputs = torch.randn(2, rows, 96, generator=generator)
+    with torch.no_grad():
+        expected = stock(inputs)
+    layer = copy.deepcopy(stock)
+    assert use_cpu_gemm_choice(torch.nn.Sequential(layer)) == 1 and isinstance(layer, CpuFloat32Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5)
+    # training goes through stock nn.Linear, which has gradients
+    layer(inputs.requires_grad_()).sum().backward()
+    assert layer.weight.grad is not None and inputs.grad is not None
+    # other dtypes too
+    half = inputs.detach().bfloat16()
+    assert torch.equal(copy.deepcopy(layer).bfloat16()(half), copy.deepcopy(stock).bfloat16()(half))
+
+
+def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tiny_model, prompt, tmp_path):
     model, _ = load_chat_model(str(tiny_checkpoint))
     assert isinstance(model.lm_head, CpuInt8Linear)
-    model, _ = load_chat_model(str(tiny_checkpoint), "none")
-    assert type(model.lm_head) is torch.nn.Linear
+    model, _ = load_chat_model(str(tiny_checkpoint), "none")  # full weights, through the machine's faster GEMM
+    assert type(model.lm_head) is CpuFloat32Linear
+    assert model.state_dict().keys() == tiny_model.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**prompt).logits, tiny_model(**prompt).logits, rtol=1e-4, atol=1e-5)
     # a folder saved quantized keeps its own quantization instead of failing on a second one
     bnb_folder = tmp_path / "bnb"
     AutoModelForImageTextToText.from_pretrained(

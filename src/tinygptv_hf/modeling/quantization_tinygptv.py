@@ -164,6 +164,26 @@ def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return F.linear(rows, weight, bias)
 
 
+class CpuFloat32Linear(nn.Linear):
+    """`nn.Linear` whose float32 CPU inference goes through `float32_linear`; anything else (gradients, other
+    devices or dtypes) is stock `nn.Linear`."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.device.type != "cpu" or {hidden_states.dtype, self.weight.dtype} != {torch.float32}:
+            return super().forward(hidden_states)
+        rows = float32_linear(hidden_states.reshape(-1, self.in_features), self.weight, self.bias)
+        return rows.view(*hidden_states.shape[:-1], self.out_features)
+
+
+def use_cpu_gemm_choice(model: nn.Module) -> int:
+    """Make every plain `nn.Linear` of `model` a `CpuFloat32Linear` in place (same parameters, nothing copied,
+    same state dict): full-precision CPU inference at the faster GEMM of this machine. Returns how many."""
+    layers = [module for module in model.modules() if type(module) is nn.Linear]
+    for layer in layers:
+        layer.__class__ = CpuFloat32Linear
+    return len(layers)
+
+
 class CpuInt8Linear(nn.Module):
     """`nn.Linear` with an int8 `weight` (out, in) and a float32 `weight_scale` (out,); bias stays float32."""
 
@@ -338,4 +358,11 @@ class TinyGPTVCpuInt8Quantizer(HfQuantizer):
 AUTO_QUANTIZATION_CONFIG_MAPPING.setdefault(CPU_INT8_METHOD, TinyGPTVCpuInt8Config)
 AUTO_QUANTIZER_MAPPING.setdefault(CPU_INT8_METHOD, TinyGPTVCpuInt8Quantizer)
 
-__all__ = ["CpuInt8Linear", "TinyGPTVCpuInt8Config", "TinyGPTVCpuInt8Quantizer", "cpu_int8_config"]
+__all__ = [
+    "CpuFloat32Linear",
+    "CpuInt8Linear",
+    "TinyGPTVCpuInt8Config",
+    "TinyGPTVCpuInt8Quantizer",
+    "cpu_int8_config",
+    "use_cpu_gemm_choice",
+]
