@@ -208,8 +208,6 @@ class CpuInt8Linear(nn.Module):
             output = self._int8_kernel(rows)
         else:
             output = self._dequantized(rows)
-        if self.bias is not None:
-            output += self.bias
         return output.view(*hidden_states.shape[:-1], self.out_features).to(hidden_states.dtype)
 
     def kernel_can_read_weight(self) -> bool:
@@ -220,7 +218,8 @@ class CpuInt8Linear(nn.Module):
         rows = rows.to(dtype).contiguous()
         if rows.data_ptr() % KERNEL_ACTIVATION_ALIGNMENT:
             rows = rows.clone()
-        return torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale.to(dtype)).float()
+        product = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale.to(dtype))
+        return product.float() if self.bias is None else torch.add(self.bias, product)  # float32 either way
 
     def _dequantized(self, rows: torch.Tensor) -> torch.Tensor:
         """Float32 GEMM on the int8 weight converted a slice of output channels at a time into this thread's
@@ -234,7 +233,7 @@ class CpuInt8Linear(nn.Module):
             weight = self.weight[start : start + step]
             dequantized = scratch[: weight.numel()].view(weight.shape).copy_(weight)
             output[:, start : start + step] = float32_linear(rows, dequantized)
-        return output.mul_(self.weight_scale)
+        return output.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, output, self.weight_scale)
 
 
 _thread_state = threading.local()
