@@ -139,6 +139,18 @@ def test_saved_int8_folder_reloads_int8_with_and_without_the_package(int8_model,
     torch.testing.assert_close(remote["logits"], expected, rtol=0, atol=1e-6)
 
 
+def test_a_bf16_checkpoint_loads_int8_with_float32_around_it(tiny_checkpoint, int8_model, prompt, tmp_path):
+    folder = tmp_path / "bf16"
+    AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))  # as a Hub bf16 folder says
+    model = AutoModelForImageTextToText.from_pretrained(folder, cpu_int8=True).eval()
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    with torch.no_grad():
+        relative = (model(**prompt).logits - int8_model(**prompt).logits).norm() / int8_model(**prompt).logits.norm()
+    assert relative < 0.02  # bf16 rounding of the weights is all that differs
+
+
 def test_requests_it_cannot_serve_are_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="cannot be combined with quantization_config=BitsAndBytesConfig"):
         AutoModelForImageTextToText.from_pretrained(

@@ -92,7 +92,7 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
         Pass `output_loading_info=True` to load a partial checkpoint and inspect the keys yourself.
         `cpu_int8=True` loads for fast CPU inference (int8 weights, see quantization_tinygptv.py)."""
         if kwargs.pop("cpu_int8", False):
-            kwargs["quantization_config"] = cpu_int8_config(kwargs.get("quantization_config"))
+            kwargs["quantization_config"] = cpu_int8_config(kwargs.get("quantization_config"), kwargs.get("dtype"))
         quantization_config = kwargs.get("quantization_config")
         if (
             getattr(quantization_config, "quant_method", None) == "bitsandbytes"

@@ -78,12 +78,17 @@ class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
             raise ValueError(f"modules_to_not_convert must be a list of names, got {self.modules_to_not_convert!r}.")
 
 
-def cpu_int8_config(quantization_config=None) -> TinyGPTVCpuInt8Config:
-    """The config `from_pretrained(..., cpu_int8=True)` stands for; a different quantization cannot be combined."""
+def cpu_int8_config(quantization_config=None, dtype=None) -> TinyGPTVCpuInt8Config:
+    """The config `from_pretrained(..., cpu_int8=True)` stands for; a different quantization or a half-precision
+    `dtype` cannot be combined with it."""
     if quantization_config is not None and not isinstance(quantization_config, TinyGPTVCpuInt8Config):
         raise ValueError(
             f"cpu_int8=True is its own quantization and cannot be combined with quantization_config="
             f"{type(quantization_config).__name__}; pass one or the other."
+        )
+    if dtype not in (None, "auto", "float32", torch.float32):
+        raise ValueError(
+            f"cpu_int8 keeps every unquantized part in float32, but dtype={dtype} was asked for; leave dtype out."
         )
     return quantization_config or TinyGPTVCpuInt8Config()
 
@@ -322,11 +327,8 @@ class TinyGPTVCpuInt8Quantizer(HfQuantizer):
         return device_map or {"": "cpu"}
 
     def update_dtype(self, dtype):
-        """Everything that stays unquantized runs in float32: half precision has no fast kernels on most CPUs."""
-        if dtype not in (None, torch.float32):
-            raise ValueError(
-                f"cpu_int8 keeps every unquantized part in float32, but dtype={dtype} was asked for; leave dtype out."
-            )
+        """Everything that stays unquantized runs in float32, whatever the checkpoint holds (a bf16 checkpoint's
+        "auto" dtype arrives here as bf16): the activations between layers stay float32 on every CPU."""
         return torch.float32
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
