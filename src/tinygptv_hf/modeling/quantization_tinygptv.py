@@ -113,17 +113,27 @@ def kernel_activation_dtype() -> torch.dtype:
     one Phi-2 attention-sized weight. On x86 (AVX2 and AVX-512) only its bfloat16 path is vectorised; on ARM all
     are. Ties go to float32, which rounds nothing."""
     weight = torch.ones(2560, 2560, dtype=torch.int8)
-    best = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        rows, scales = torch.ones(1, 2560, dtype=dtype), torch.ones(2560, dtype=dtype)
-        torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
-            times.append(time.perf_counter() - start)
-        best[dtype] = min(times)
+    calls = {
+        dtype: functools.partial(
+            torch.ops.aten._weight_int8pack_mm, torch.ones(1, 2560, dtype=dtype), weight, torch.ones(2560, dtype=dtype)
+        )
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    best = fastest(calls)
     return torch.bfloat16 if best[torch.bfloat16] < 0.8 * best[torch.float32] else torch.float32
+
+
+def fastest(calls: dict, rounds: int = 5) -> dict:
+    """The best time of each call, the calls taking turns (a busy spell on a shared machine slows them alike)."""
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()
+    for _ in range(rounds):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
 
 
 # Row counts at which the float32 GEMMs are compared: one decoding sequence, a batch of them, a prompt.
@@ -147,15 +157,7 @@ def float32_linear_choice() -> tuple[bool, ...]:
     choice = []
     for count in CALIBRATION_ROWS:
         rows = torch.randn(count, 2560)
-        best = {}
-        for use_onednn, linear in ((False, F.linear), (True, onednn_linear)):
-            linear(rows, weight, None)
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                linear(rows, weight, None)
-                times.append(time.perf_counter() - start)
-            best[use_onednn] = min(times)
+        best = fastest({False: lambda: F.linear(rows, weight), True: lambda: onednn_linear(rows, weight, None)}, 3)
         choice.append(best[True] < best[False])
     return tuple(choice)
 
