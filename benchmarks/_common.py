@@ -29,10 +29,13 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def random_model(model_class, config, dtype: torch.dtype = torch.float32, seed: int = 0, on=None):
+def random_model(
+    model_class, config, dtype: torch.dtype = torch.float32, seed: int = 0, on=None, rounded_through=None
+):
     """`model_class(config)` with random weights, built in seconds: parameters start on the meta device (buffers
     such as RoPE frequencies are computed normally), then each is allocated once and filled in bulk. Norm weights
-    are 1 and everything else uniform in +-0.02, so activations keep a realistic scale through 32 layers."""
+    are 1 and everything else uniform in +-0.02, so activations keep a realistic scale through 32 layers.
+    `rounded_through=torch.bfloat16` gives float32 weights equal to those of a bf16 checkpoint of the same seed."""
     from accelerate import init_empty_weights
 
     on = on or device()
@@ -46,11 +49,15 @@ def random_model(model_class, config, dtype: torch.dtype = torch.float32, seed: 
                 values.fill_(1.0 if name == "weight" else 0.0)
             else:
                 values.uniform_(-0.02, 0.02, generator=generator)
+            if rounded_through is not None:
+                values = values.to(rounded_through)
             module._parameters[name] = nn.Parameter(values.to(on, dtype), requires_grad=meta.requires_grad)
     return model.to(on)
 
 
-def random_tinygptv(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, on=None, **overrides):
+def random_tinygptv(
+    preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, on=None, rounded_through=None, **overrides
+):
     """(model, tokenizer) for a preset, with the tiny tokenizer that random checkpoints carry."""
     from tinygptv_hf import TinyGPTVForConditionalGeneration
     from tinygptv_hf.checkpoint import fit_tokenizer
@@ -59,7 +66,7 @@ def random_tinygptv(preset: str, dtype: torch.dtype = torch.float32, seed: int =
 
     tokenizer = build_tiny_tokenizer()
     config = fit_tokenizer(preset_config(preset, **overrides), tokenizer)
-    return random_model(TinyGPTVForConditionalGeneration, config, dtype, seed, on), tokenizer
+    return random_model(TinyGPTVForConditionalGeneration, config, dtype, seed, on, rounded_through), tokenizer
 
 
 def write_checkpoint(folder: Path, preset: str, dtype: torch.dtype = torch.bfloat16, **overrides) -> None:
@@ -122,9 +129,16 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> dict:
     return {"copy_gbps": 2 * nbytes / copy / 1e9, "read_gbps": nbytes / read / 1e9}
 
 
-def matmul_throughput(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a square matmul, best of `repeats`."""
+def matmul_throughput(dtype: torch.dtype, size: int = 2048, repeats: int = 5, budget_s: float = 3.0) -> float:
+    """GFLOP/s of a square matmul, best of `repeats`. A dtype without fast kernels here (bf16 and fp16 on an
+    AVX2 CPU: ~0.3 GFLOP/s, minutes per 2048^3 product) is measured on the largest size whose products fit in
+    `budget_s`, judged from a 256^3 probe; its rate at that size is the same, since its kernels are not blocked."""
     size = size * 2 if torch.cuda.is_available() else size
+    probe = 256
+    a = torch.randn(probe, probe, device=device()).to(dtype)
+    rate = 2 * probe**3 / min(seconds(lambda: a @ a, 2)) / 1e9
+    while size > probe and 2 * size**3 * (repeats + 1) / (rate * 1e9) > budget_s:
+        size //= 2
     a = torch.randn(size, size, device=device()).to(dtype)
     b = torch.randn(size, size, device=device()).to(dtype)
     best = min(seconds(lambda: a @ b, repeats))

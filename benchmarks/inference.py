@@ -1,16 +1,18 @@
 """Inference cost of the paper-size model (`phi2` preset, 3.9 B parameters) against the machine's physical floors.
 
 `prepare` writes random checkpoints once: bf16 (frozen parts already in half precision, so nothing large is
-converted or memory-mapped twice at load), and from it bitsandbytes 8-bit and nf4 checkpoints with every Linear
-layer quantized (vision tower, Q-Former, projector, language model, LM head), the leanest the package can load.
+converted or memory-mapped twice at load), and from it bitsandbytes 8-bit and nf4 checkpoints and the package's
+`cpu_int8` checkpoint, each with every Linear layer quantized (vision tower, Q-Former, projector, language model,
+LM head), the leanest the package can load. `--text-layers N` gives the same model with N decoder layers (its own
+checkpoints), for modes that are too slow or too large to run at full size on a small machine.
 `run` measures the floors (large tensor copy, square matmul, one Linear layer at 1 and 8 rows) and then each
 mode in its own process: image encoding at 224 and 448, prefill and decode at batch 1 and 8, generation through
 the image path, peak resident memory, footprint, and logit drift against fp32 on a fixed input. Stock
 `transformers.PhiForCausalLM` with the same text sizes runs in the same session. On a CUDA machine the same
 commands measure bf16, torch.compile and the quantized modes instead.
 
-    python benchmarks/inference.py prepare [--preset phi2] [--root DIR]
-    python benchmarks/inference.py run [--modes fp32 fp32-packed ...] [--output results.json]
+    python benchmarks/inference.py prepare [--preset phi2] [--text-layers N] [--root DIR] [--modes ...]
+    python benchmarks/inference.py run [--modes fp32 cpu-int8 ...] [--text-layers N] [--output results.json]
     python benchmarks/inference.py report results.json [more.json ...]   # tables from one or several runs
 """
 
@@ -51,6 +53,8 @@ class Mode:
     source: str
     dtype: torch.dtype  # of the layers left unquantized, and of the activations
     pack: bool = False  # CPU: Linear weights of the language model pre-packed for oneDNN
+    gemm_choice: bool = False  # CPU: every Linear through cpu_int8's per-machine choice of float32 GEMM
+    torchao: bool = False  # transformers' TorchAoConfig(Int8WeightOnlyConfig()) at load (needs torchao)
     compile: bool = False  # torch.compile on every decoder layer
     # bitsandbytes repacks each 4-bit weight into a new buffer at its first CPU forward on AVX512-BF16 machines
     # (not on others); the memory-mapped checkpoint stays resident beside it, so the weights are held twice.
@@ -68,6 +72,26 @@ LEAN_MALLOC = (("MALLOC_MMAP_THRESHOLD_", "65536"), ("MALLOC_TRIM_THRESHOLD_", "
 
 CPU_MODES = {
     "fp32": Mode("tinygptv", "random", torch.float32, what="everything float32, eager"),
+    "cpu-int8": Mode(
+        "tinygptv", "cpu-int8", torch.float32,
+        what="cpu_int8: every Linear int8 (per-channel scales, int8 kernel up to 16 rows), rest float32",
+    ),
+    "cpu-int8-lean": Mode(
+        "tinygptv", "cpu-int8", torch.float32, env=LEAN_MALLOC,
+        what="cpu-int8, glibc malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0)",
+    ),
+    "torchao-int8": Mode(
+        "tinygptv", "bf16", torch.float32, torchao=True,
+        what="TorchAoConfig(Int8WeightOnlyConfig()) at load, float32 activations, eager",
+    ),
+    "torchao-int8-compile": Mode(
+        "tinygptv", "bf16", torch.float32, torchao=True, compile=True,
+        what="torchao int8 weight-only as above, decoder layers torch.compile'd (inductor freezing)",
+    ),
+    "fp32-gemm-choice": Mode(
+        "tinygptv", "random", torch.float32, gemm_choice=True,
+        what="float32, every Linear through the faster of MKL and oneDNN (plain weights) per row count",
+    ),
     "fp32-packed": Mode(
         "tinygptv", "random", torch.float32, pack=True, what="float32, LM Linear weights pre-packed by oneDNN"
     ),
@@ -103,12 +127,36 @@ CUDA_MODES = {
 MODES = CUDA_MODES if torch.cuda.is_available() else CPU_MODES
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """A preset, optionally with fewer decoder layers (`text_layers`); such a model has checkpoints of its own."""
+
+    preset: str
+    text_layers: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.preset if self.text_layers is None else f"{self.preset}-L{self.text_layers}"
+
+    def text_overrides(self) -> dict:
+        return {} if self.text_layers is None else {"num_hidden_layers": self.text_layers}
+
+    def config(self, **vision):
+        from tinygptv_hf.presets import preset_config
+
+        return preset_config(self.preset, vision_config=vision, text_config=self.text_overrides())
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
 def quantization_config(kind: str):
     from transformers import BitsAndBytesConfig
 
+    from tinygptv_hf import TinyGPTVCpuInt8Config
+
+    if kind == "cpu-int8":  # every Linear layer by default
+        return TinyGPTVCpuInt8Config()
     # An explicit list replaces the package's default skips: nothing is left out, the LM head included.
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[])
@@ -126,21 +174,23 @@ def quantize_checkpoint(source: Path, target: Path, kind: str):
 
     import tinygptv_hf  # noqa: F401  (registers the classes)
 
+    dtype = torch.float32 if kind == "cpu-int8" else torch.bfloat16  # what stays unquantized
     model = AutoModelForImageTextToText.from_pretrained(
-        source, dtype=torch.bfloat16, quantization_config=quantization_config(kind), device_map=device()
+        source, dtype=dtype, quantization_config=quantization_config(kind), device_map=device()
     )
     model.save_pretrained(target)
     AutoProcessor.from_pretrained(source).save_pretrained(target)
 
 
-def prepare(root: Path, preset: str):
-    bf16 = root / f"{preset}-bf16"
+def prepare(root: Path, sizes: Sizes, modes: list[str]):
+    """The checkpoints `modes` load that do not exist yet: bf16 first, the quantized ones from it."""
+    bf16 = root / f"{sizes.name}-bf16"
     if not (bf16 / "config.json").exists():
         start = time.perf_counter()
-        write_checkpoint(bf16, preset, torch.bfloat16)
+        write_checkpoint(bf16, sizes.preset, torch.bfloat16, text_config=sizes.text_overrides())
         print(f"wrote {bf16} in {time.perf_counter() - start:.0f} s", flush=True)
-    for kind in ("int8", "nf4"):
-        target = root / f"{preset}-{kind}"
+    for kind in sorted({MODES[mode].source for mode in modes} - {"random", "bf16"}):
+        target = root / f"{sizes.name}-{kind}"
         if not (target / "config.json").exists():
             start = time.perf_counter()
             result = run_isolated(__file__, ["quantize", str(bf16), str(target), kind])
@@ -150,26 +200,35 @@ def prepare(root: Path, preset: str):
 # ---------------------------------------------------------------------------------------------- building
 
 
-def phi_config(preset: str):
+def phi_config(sizes: Sizes):
     """Stock Phi with the text sizes of the preset (no q/k LayerNorm, no extra RMSNorm)."""
     from transformers import PhiConfig
 
     from tinygptv_hf.presets import PRESETS
 
-    return PhiConfig(**PRESETS[preset]["text_config"])
+    return PhiConfig(**{**PRESETS[sizes.preset]["text_config"], **sizes.text_overrides()})
 
 
-def load(mode: Mode, root: Path, preset: str):
+def load(mode: Mode, root: Path, sizes: Sizes):
     from transformers import AutoModelForImageTextToText, PhiForCausalLM
 
     import tinygptv_hf  # noqa: F401
 
     if mode.model == "phi":
-        return random_model(PhiForCausalLM, phi_config(preset), mode.dtype)
+        return random_model(PhiForCausalLM, phi_config(sizes), mode.dtype)
     if mode.source == "random":
-        return random_tinygptv(preset, mode.dtype)[0]
+        # The bf16 checkpoint's weights exactly, so that the logit drift of the modes loaded from it (or from the
+        # checkpoints quantized from it) is theirs alone, not bf16's rounding of the weights.
+        return random_tinygptv(sizes.preset, mode.dtype, rounded_through=torch.bfloat16,
+                               text_config=sizes.text_overrides())[0]
+    extra = {}
+    if mode.torchao:
+        from torchao.quantization import Int8WeightOnlyConfig
+        from transformers import TorchAoConfig
+
+        extra["quantization_config"] = TorchAoConfig(Int8WeightOnlyConfig())
     model = AutoModelForImageTextToText.from_pretrained(
-        root / f"{preset}-{mode.source}", dtype=mode.dtype, device_map=device()
+        root / f"{sizes.name}-{mode.source}", dtype=mode.dtype, device_map=device(), **extra
     )
     if not mode.repack_4bit:
         from bitsandbytes.nn import Linear4bit
@@ -234,21 +293,20 @@ def decode_bytes_per_step(model, batch: int, context: int, dtype: torch.dtype) -
     return weights + cache
 
 
-def count_flops(mode: Mode, preset: str, batch: int, image_size: int | None) -> int:
+def count_flops(mode: Mode, sizes: Sizes, batch: int, image_size: int | None) -> int:
     """FLOPs of one image encoding (`image_size`) or one prefill of the 55-token prompt, counted by
     torch.utils.flop_counter on the model's own forward over meta tensors (no computation)."""
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import PhiForCausalLM
 
     from tinygptv_hf import TinyGPTVForConditionalGeneration
-    from tinygptv_hf.presets import preset_config
 
     if mode.model == "phi":
-        model_class, config = PhiForCausalLM, phi_config(preset)
+        model_class, config = PhiForCausalLM, phi_config(sizes)
         hidden = config.hidden_size
     else:
         model_class = TinyGPTVForConditionalGeneration
-        config = preset_config(preset, vision_config={"image_size": image_size or 224})
+        config = sizes.config(image_size=image_size or 224)
         hidden = config.text_config.hidden_size
     # Meta tensors hold no data, so the mask code must not look into the all-ones masks to skip them.
     def never_skip(*args, **kwargs):
@@ -333,7 +391,7 @@ def generate(model, new_tokens: int, **inputs) -> tuple[torch.Tensor, list[float
     return tokens, [stamp - start for stamp in clock.stamps]
 
 
-def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: int, sizes: list[int]) -> dict:
+def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: int, image_sizes: list[int]) -> dict:
     """One mode, in its own process: everything this mode's rows need except the floors."""
     from tinygptv_hf.checkpoint import build_processor
     from tinygptv_hf.tokenization import build_tiny_tokenizer
@@ -341,21 +399,25 @@ def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: i
 
     mode = MODES[mode_name]
     start = time.perf_counter()
-    model = load(mode, root, preset).eval()
+    model = load(mode, root, sizes).eval()
     result = {"mode": mode_name, "what": mode.what, "load_s": time.perf_counter() - start,
               "env": {name: os.environ.get(name) for name, _ in mode.env}}
     result["footprint_gb"] = model.get_memory_footprint() / 1e9
     if mode.pack:
         pack_for_onednn(model, mode.dtype)
+    if mode.gemm_choice:
+        from tinygptv_hf.modeling import use_cpu_gemm_choice
+
+        use_cpu_gemm_choice(model)
     if mode.compile:
         compile_layers(model)
     result["decode_bytes"] = {}
-    result["prefill_flops"] = {b: count_flops(mode, preset, b, None) for b in BATCHES}
+    result["prefill_flops"] = {b: count_flops(mode, sizes, b, None) for b in BATCHES}
 
     with torch.inference_mode():
         prompt = fixed_prompt(model, mode)
         if mode.model == "tinygptv":
-            result["encode_flops"] = {224: count_flops(mode, preset, 1, 224)}
+            result["encode_flops"] = {224: count_flops(mode, sizes, 1, 224)}
             result["encode_s"] = {224: seconds(lambda: model.get_image_features(prompt["pixel_values"]), repeats)}
             _, stamps = generate(model, 4, **prompt)  # the real image path, once
             result["generate_with_image"] = {"first_token_s": stamps[0], "new_tokens": len(stamps)}
@@ -377,7 +439,7 @@ def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: i
         result["peak_generation"] = peak_memory_gb()
         if mode.model == "tinygptv":
             logits = model(**prompt).logits.float()[0]
-            reference = root / f"{preset}-fp32-logits.pt"
+            reference = root / f"{sizes.name}-fp32-logits.pt"
             if mode_name == "fp32":
                 torch.save(logits.cpu(), reference)
             elif reference.exists():
@@ -387,10 +449,10 @@ def measure(mode_name: str, root: Path, preset: str, new_tokens: int, repeats: i
                     "relative_rms": ((logits - expected).norm() / expected.norm()).item(),
                     "top1_agreement": (logits.argmax(-1) == expected.argmax(-1)).float().mean().item(),
                 }
-            for size in (size for size in sizes if size != model.config.vision_config.image_size):
+            for size in (size for size in image_sizes if size != model.config.vision_config.image_size):
                 set_image_size(model, build_processor(build_tiny_tokenizer(), model.config), size)
                 pixels = torch.randn(1, 3, size, size, device=device())
-                result["encode_flops"][size] = count_flops(mode, preset, 1, size)
+                result["encode_flops"][size] = count_flops(mode, sizes, 1, size)
                 result["encode_s"][size] = seconds(
                     lambda pixels=pixels: model.get_image_features(pixels), max(1, repeats - 1), warmup=0
                 )
@@ -410,10 +472,14 @@ def matmul_rates() -> dict:
     return {str(dtype).removeprefix("torch."): matmul_throughput(dtype) for dtype in dtypes}
 
 
-def linear_kernels() -> dict:
+def linear_kernels(budget_s: float = 2.0) -> dict:
     """One Phi-2 MLP weight (10240 x 2560) applied to 1 and 8 rows: stock eager, oneDNN-packed, inductor with
-    freezing (CPU), and bf16 eager. Shows why batched decoding needs packed weights on CPU."""
+    freezing and cpu_int8's int8 layer (CPU), and bf16 eager. Shows why batched decoding needs packed weights on
+    CPU. Each variant gets as many calls as fit in `budget_s` (3 to 20): bf16 without native kernels takes ~1 s."""
     from torch.utils.mkldnn import to_mkldnn
+
+    from tinygptv_hf.modeling import CpuInt8Linear
+    from tinygptv_hf.modeling.quantization_tinygptv import quantize_weight
 
     def layer(dtype=torch.float32):
         return torch.nn.Linear(2560, 10240).to(device(), dtype)
@@ -423,6 +489,10 @@ def linear_kernels() -> dict:
         variants["float32 oneDNN-packed"] = (to_mkldnn(layer()), torch.float32)
         torch._inductor.config.freezing = True
         variants["float32 inductor freezing"] = (torch.compile(layer()), torch.float32)
+        int8 = CpuInt8Linear(2560, 10240)
+        int8.weight.data, int8.weight_scale = quantize_weight(layer().weight)
+        int8.bias.data.zero_()
+        variants["cpu_int8 (int8 kernel)"] = (int8, torch.float32)
     else:
         variants["float32 compiled"] = (torch.compile(layer()), torch.float32)
     timings = {}
@@ -430,14 +500,17 @@ def linear_kernels() -> dict:
         for name, (module, dtype) in variants.items():
             for rows in (1, 8):
                 x = torch.randn(1, rows, 2560, device=device(), dtype=dtype)
-                timings[f"{name}, {rows} row(s)"] = 1e3 * statistics.median(seconds(lambda module=module, x=x: module(x), 20, 3))
+                once = min(seconds(lambda module=module, x=x: module(x), 1, 1))
+                repeats = max(3, min(20, int(budget_s / once)))
+                times = seconds(lambda module=module, x=x: module(x), repeats, 1)
+                timings[f"{name}, {rows} row(s)"] = 1e3 * statistics.median(times)
     return timings
 
 
 # ---------------------------------------------------------------------------------------------- reporting
 
 
-def report(session: dict, preset: str) -> str:
+def report(session: dict, model: str) -> str:
     """Markdown tables: the floors, then each quantity beside its floor and the fraction of it reached."""
     m, rates = session["machine"], session["floors"]
     bandwidth = rates["bandwidth"]["copy_gbps"]
@@ -446,7 +519,7 @@ def report(session: dict, preset: str) -> str:
         f"Machine: {m['device']} ({m['cpu_features']}), {m['cores']} cores, {m['threads']} threads, "
         f"{m['memory_gb']:.0f} GB; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"bitsandbytes {m['bitsandbytes']}, peft {m['peft']}; {m['date']}, load average {m['load_average']:.1f} at the "
-        f"start. Model: `{preset}` preset, random weights.",
+        f"start. Model: `{model}` (preset, `-LN`: N decoder layers), random weights.",
         *(f"\nFailed: {row['mode']}: {row['error']}" for row in session["modes"] if "error" in row),
         "",
         "| floor | measured |",
@@ -544,6 +617,7 @@ def main():
     parser.add_argument("command", choices=["prepare", "run", "report", "measure", "quantize"])
     parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="phi2")
+    parser.add_argument("--text-layers", type=int, help="decoder layers, if not the preset's")
     parser.add_argument("--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where checkpoints live")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--new-tokens", type=int, default=16)
@@ -551,30 +625,34 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="image sizes to encode")
     parser.add_argument("--output", type=Path, help="JSON file for the raw results")
     args = parser.parse_args()
+    sizes = Sizes(args.preset, args.text_layers)
 
     if args.command == "quantize":
         source, target, kind = args.arguments
         quantize_checkpoint(Path(source), Path(target), kind)
         print(json.dumps(peak_memory_gb()))
     elif args.command == "prepare":
-        prepare(args.root, args.preset)
+        prepare(args.root, sizes, args.modes)
     elif args.command == "report":
-        print(report(merge([json.loads(Path(path).read_text()) for path in args.arguments]), args.preset))
+        sessions = [json.loads(Path(path).read_text()) for path in args.arguments]
+        print(report(merge(sessions), sessions[0].get("model", args.preset)))
     elif args.command == "measure":
-        result = measure(args.arguments[0], args.root, args.preset, args.new_tokens, args.repeats, args.sizes)
+        result = measure(args.arguments[0], args.root, sizes, args.new_tokens, args.repeats, args.sizes)
         print(json.dumps(result))
     else:
-        session = {"machine": machine(), "floors": floors(), "modes": []}
+        session = {"machine": machine(), "model": sizes.name, "floors": floors(), "modes": []}
         print(json.dumps(session["floors"]), flush=True)
         common = ["--root", str(args.root), "--preset", args.preset, "--new-tokens", str(args.new_tokens),
                   "--repeats", str(args.repeats), "--sizes", *map(str, args.sizes)]
+        if args.text_layers is not None:
+            common += ["--text-layers", str(args.text_layers)]
         for mode in args.modes:
             row = {"mode": mode, **run_isolated(__file__, ["measure", mode, *common], env=dict(MODES[mode].env))}
             session["modes"].append(row)
             print(json.dumps(row), flush=True)
             if args.output:
                 args.output.write_text(json.dumps(session, indent=1))
-        print(report(session, args.preset))
+        print(report(session, sizes.name))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from transformers import (
 
 from .modeling import (
     TinyGPTVConfig,
+    TinyGPTVCpuInt8Config,
     TinyGPTVForConditionalGeneration,
     TinyGPTVModel,
     TinyGPTVPreTrainedModel,
@@ -40,6 +41,7 @@ TinyGPTVProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "TinyGPTVConfig",
+    "TinyGPTVCpuInt8Config",
     "TinyGPTVForConditionalGeneration",
     "TinyGPTVImageProcessor",
     "TinyGPTVModel",

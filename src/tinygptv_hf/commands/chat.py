@@ -5,14 +5,14 @@ def add_model_arguments(parser):
     """The checkpoint and how to load it; shared with `tinygptv serve`."""
     parser.add_argument("model", help="checkpoint folder or Hub id")
     weights = parser.add_mutually_exclusive_group()
-    for bits in ("8bit", "4bit"):
-        weights.add_argument(
-            f"--load-in-{bits}",
-            dest="quantization",
-            action="store_const",
-            const=bits,
-            help=f"{bits} weights (bitsandbytes)",
-        )
+    choices = [
+        ("--int8", "int8", "int8 weights for fast CPU inference (cpu_int8; the default on a CPU)"),
+        ("--full-weights", "none", "the checkpoint's own weights, unquantized (the default on a GPU)"),
+        ("--load-in-8bit", "8bit", "8bit weights (bitsandbytes)"),
+        ("--load-in-4bit", "4bit", "4bit weights (bitsandbytes)"),
+    ]
+    for flag, value, help in choices:
+        weights.add_argument(flag, dest="quantization", action="store_const", const=value, help=help)
 
 
 def add_parser(subparsers):

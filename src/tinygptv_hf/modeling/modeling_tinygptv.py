@@ -28,6 +28,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_tinygptv import TinyGPTVConfig
 from .modeling_tinygptv_phi import TinyGPTVTextModel
+from .quantization_tinygptv import cpu_int8_config
 
 logger = logging.get_logger(__name__)
 
@@ -76,7 +77,10 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained` that raises on missing or unexpected weights instead of warning and
         initialising them randomly, and that keeps `_bnb_skip_modules` unquantized under bitsandbytes by default.
-        Pass `output_loading_info=True` to load a partial checkpoint and inspect the keys yourself."""
+        Pass `output_loading_info=True` to load a partial checkpoint and inspect the keys yourself.
+        `cpu_int8=True` loads for fast CPU inference (int8 weights, see quantization_tinygptv.py)."""
+        if kwargs.pop("cpu_int8", False):
+            kwargs["quantization_config"] = cpu_int8_config(kwargs.get("quantization_config"), kwargs.get("dtype"))
         quantization_config = kwargs.get("quantization_config")
         if (
             getattr(quantization_config, "quant_method", None) == "bitsandbytes"

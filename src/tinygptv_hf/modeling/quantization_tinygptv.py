@@ -1,0 +1,375 @@
+"""CPU int8 inference: every Linear layer holds int8 weights with one float32 scale per output channel.
+
+A CPU decode step reads every weight once per token, so its speed is the bytes it reads: int8 weights read a
+quarter of float32's. How a layer multiplies depends on how many rows it gets:
+- few rows (decoding: one per sequence) go through torch's int8 weight-only kernel, `aten._weight_int8pack_mm`,
+  on activations cast to the dtype that kernel is fastest with on this CPU (measured once per process: on AVX2
+  and AVX-512 its bfloat16 path is vectorised and its float32 one a plain loop, 20-50x slower), and the result
+  is cast back to float32;
+- many rows (prompts, the vision tower's 257 patches, the Q-Former) are bound by arithmetic, not bytes, and the
+  int8 kernel is slower there than float32 GEMM, so the weight is converted to float32 one slice of output
+  channels at a time (never the whole model, never a whole large layer) and multiplied by the faster float32
+  GEMM of this CPU for that many rows (MKL's or oneDNN's on the plain weight, timed once per process).
+Everything that is not a Linear layer (embeddings, norms, the patch convolution, position tables, query tokens)
+stays float32, and so do all activations between layers.
+
+It is a transformers quantizer (`quant_method: "tinygptv_cpu_int8"`): `from_pretrained(..., cpu_int8=True)` or
+`quantization_config=TinyGPTVCpuInt8Config()` quantizes each weight as it is read from the checkpoint (the float
+weight is dropped at once, so no second copy is ever held), and `save_pretrained` writes the int8 weights and
+scales with the config, so a saved folder loads int8 again without being asked.
+
+This file ships as remote code: it may import only pip packages and siblings in its own folder.
+"""
+
+import ctypes
+import functools
+import os
+import sys
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+from transformers.quantizers.quantizers_utils import get_module_from_name, should_convert_module
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+CPU_INT8_METHOD = "tinygptv_cpu_int8"
+# Elements of float32 weight dequantized at once on the many-rows path (16 MiB): large enough for an efficient
+# GEMM per slice, small enough that the transient is negligible next to the model.
+DEQUANTIZED_SLICE_ELEMENTS = 1 << 22
+# `_weight_int8pack_mm`'s x86 kernels step through the input features a vector at a time with aligned loads and
+# no remainder loop. Measured with torch 2.13 (AMD EPYC, AVX-512 and AVX2 dispatch): the AVX-512 kernel gives wrong
+# numbers or crashes the process for widths that are not a multiple of 16 (the AVX2 one: 8), for activations not
+# aligned to 32 bytes (AVX2: 16), and for weights not aligned to 16 bytes once 4 or more rows come. A
+# memory-mapped safetensors file aligns its tensors to 8 bytes only: such weights are copied once at load
+# (`align_weights`).
+KERNEL_K_MULTIPLE = 16
+KERNEL_WEIGHT_ALIGNMENT = 16
+KERNEL_ACTIVATION_ALIGNMENT = 64
+MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
+    """Int8 weight-only CPU inference.
+
+    Args:
+        max_decode_rows: layers that get at most this many rows (tokens x sequences) use the int8 kernel; more rows
+            use dequantized float32 weights (on the 2-core AMD EPYC of docs/benchmarks.md the int8 kernel stops
+            winning between 16 and 55 rows).
+        modules_to_not_convert: Linear layers to keep in float32 (transformers' patterns: a module-name prefix, a
+            regex or a suffix); by default every Linear layer is quantized, the LM head, vision tower and Q-Former
+            included, which is what fits the full-size model in 5 GB.
+    """
+
+    def __init__(self, max_decode_rows: int = 16, modules_to_not_convert: list[str] | None = None, **kwargs):
+        self.quant_method = CPU_INT8_METHOD
+        self.max_decode_rows = max_decode_rows
+        self.modules_to_not_convert = modules_to_not_convert
+        self.post_init()
+
+    def post_init(self):
+        if not isinstance(self.max_decode_rows, int) or self.max_decode_rows < 0:
+            raise ValueError(f"max_decode_rows must be a non-negative integer, got {self.max_decode_rows!r}.")
+        if self.modules_to_not_convert is not None and not isinstance(self.modules_to_not_convert, list):
+            raise ValueError(f"modules_to_not_convert must be a list of names, got {self.modules_to_not_convert!r}.")
+
+
+def cpu_int8_config(quantization_config=None, dtype=None) -> TinyGPTVCpuInt8Config:
+    """The config `from_pretrained(..., cpu_int8=True)` stands for; a different quantization or a half-precision
+    `dtype` cannot be combined with it."""
+    if quantization_config is not None and not isinstance(quantization_config, TinyGPTVCpuInt8Config):
+        raise ValueError(
+            f"cpu_int8=True is its own quantization and cannot be combined with quantization_config="
+            f"{type(quantization_config).__name__}; pass one or the other."
+        )
+    if dtype not in (None, "auto", "float32", torch.float32):
+        raise ValueError(
+            f"cpu_int8 keeps every unquantized part in float32, but dtype={dtype} was asked for; leave dtype out."
+        )
+    return quantization_config or TinyGPTVCpuInt8Config()
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel: int8 values in [-127, 127] and the float32 scale of each row, computed
+    a slice of rows at a time so that the float32 transient stays small even for the LM head."""
+    weight = weight.detach()
+    scale = torch.maximum(weight.amax(dim=1), -weight.amin(dim=1)).float()
+    scale = scale.clamp_(min=torch.finfo(torch.float32).tiny) / 127
+    quantized = torch.empty(weight.shape, dtype=torch.int8)
+    step = max(1, DEQUANTIZED_SLICE_ELEMENTS // weight.shape[1])
+    for start in range(0, weight.shape[0], step):
+        rows = weight[start : start + step].float() / scale[start : start + step, None]
+        quantized[start : start + step] = rows.round_().clamp_(-127, 127)
+    return quantized, scale
+
+
+@functools.cache
+def kernel_activation_dtype() -> torch.dtype:
+    """The activation dtype in which `_weight_int8pack_mm` decodes fastest on this CPU, timed once per process on
+    one Phi-2 attention-sized weight. On x86 (AVX2 and AVX-512) only its bfloat16 path is vectorised; on ARM all
+    are. Ties go to float32, which rounds nothing."""
+    weight = torch.ones(2560, 2560, dtype=torch.int8)
+    calls = {
+        dtype: functools.partial(
+            torch.ops.aten._weight_int8pack_mm, torch.ones(1, 2560, dtype=dtype), weight, torch.ones(2560, dtype=dtype)
+        )
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    best = fastest(calls)
+    return torch.bfloat16 if best[torch.bfloat16] < 0.8 * best[torch.float32] else torch.float32
+
+
+def fastest(calls: dict, rounds: int = 5) -> dict:
+    """The best time of each call, the calls taking turns (a busy spell on a shared machine slows them alike)."""
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()
+    for _ in range(rounds):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
+# Row counts at which the float32 GEMMs are compared: one decoding sequence, a batch of them, a prompt.
+CALIBRATION_ROWS = (1, 8, 64)
+
+
+def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's float32 inner product on the plain (unpacked) weight."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+@functools.cache
+def float32_linear_choice() -> tuple[bool, ...]:
+    """For each of `CALIBRATION_ROWS`, whether oneDNN beats stock `F.linear` (MKL's GEMM on x86) on this CPU,
+    timed once per process on one Phi-2 MLP weight. On the project's AMD EPYC (AVX2) MKL's path for a few rows
+    moves about half the memory bandwidth and oneDNN 2-7x more rows per second; elsewhere it may be the other way
+    round, so it is measured, not assumed."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return (False,) * len(CALIBRATION_ROWS)
+    weight = torch.randn(10240, 2560) / 50
+    choice = []
+    for count in CALIBRATION_ROWS:
+        rows = torch.randn(count, 2560)
+        candidates = {
+            False: lambda rows=rows: F.linear(rows, weight),
+            True: lambda rows=rows: onednn_linear(rows, weight, None),
+        }
+        best = fastest(candidates, 3)
+        choice.append(best[True] < best[False])
+    return tuple(choice)
+
+
+def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows (inference
+    only: oneDNN's op has no gradient)."""
+    nearest = min(range(len(CALIBRATION_ROWS)), key=lambda i: abs(CALIBRATION_ROWS[i] - rows.shape[0]))
+    if float32_linear_choice()[nearest] and not (torch.is_grad_enabled() and rows.requires_grad):
+        return onednn_linear(rows, weight, bias)
+    return F.linear(rows, weight, bias)
+
+
+class CpuFloat32Linear(nn.Linear):
+    """`nn.Linear` whose float32 CPU inference goes through `float32_linear`; anything else (gradients, other
+    devices or dtypes) is stock `nn.Linear`."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.device.type != "cpu" or {hidden_states.dtype, self.weight.dtype} != {torch.float32}:
+            return super().forward(hidden_states)
+        rows = float32_linear(hidden_states.reshape(-1, self.in_features), self.weight, self.bias)
+        return rows.view(*hidden_states.shape[:-1], self.out_features)
+
+
+def use_cpu_gemm_choice(model: nn.Module) -> int:
+    """Make every plain `nn.Linear` of `model` a `CpuFloat32Linear` in place (same parameters, nothing copied,
+    same state dict): full-precision CPU inference at the faster GEMM of this machine. Returns how many."""
+    layers = [module for module in model.modules() if type(module) is nn.Linear]
+    for layer in layers:
+        layer.__class__ = CpuFloat32Linear
+    return len(layers)
+
+
+class CpuInt8Linear(nn.Module):
+    """`nn.Linear` with an int8 `weight` (out, in) and a float32 `weight_scale` (out,); bias stays float32."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, max_decode_rows: int = 16):
+        super().__init__()
+        self.in_features, self.out_features, self.max_decode_rows = in_features, out_features, max_decode_rows
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False)
+        self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.device.type != "cpu":
+            raise RuntimeError(
+                f"The cpu_int8 model runs on the CPU only, but got inputs on {hidden_states.device}; on a GPU, load "
+                "the checkpoint without cpu_int8 (bf16, or bitsandbytes for 8-bit)."
+            )
+        rows = hidden_states.reshape(-1, self.in_features)
+        if rows.shape[0] <= self.max_decode_rows and self.kernel_can_read_weight():
+            output = self._int8_kernel(rows)
+        else:
+            output = self._dequantized(rows)
+        return output.view(*hidden_states.shape[:-1], self.out_features).to(hidden_states.dtype)
+
+    def kernel_can_read_weight(self) -> bool:
+        return self.in_features % KERNEL_K_MULTIPLE == 0 and self.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT == 0
+
+    def _int8_kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        dtype = kernel_activation_dtype()
+        rows = rows.to(dtype).contiguous()
+        if rows.data_ptr() % KERNEL_ACTIVATION_ALIGNMENT:
+            rows = rows.clone()
+        product = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale.to(dtype))
+        return product.float() if self.bias is None else torch.add(self.bias, product)  # float32 either way
+
+    def _dequantized(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 GEMM on the int8 weight converted a slice of output channels at a time into this thread's
+        scratch buffer (a fresh buffer per slice would cost a page fault per 4 KiB); the scales multiply the
+        output, so the conversion is a plain copy."""
+        rows = rows.float()
+        step = max(1, DEQUANTIZED_SLICE_ELEMENTS // self.in_features)
+        scratch = _scratch(step * self.in_features)
+        output = rows.new_empty(rows.shape[0], self.out_features)
+        for start in range(0, self.out_features, step):
+            weight = self.weight[start : start + step]
+            dequantized = scratch[: weight.numel()].view(weight.shape).copy_(weight)
+            output[:, start : start + step] = float32_linear(rows, dequantized)
+        return output.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, output, self.weight_scale)
+
+
+_thread_state = threading.local()
+
+
+def _scratch(elements: int) -> torch.Tensor:
+    """A float32 buffer of at least `elements` for the calling thread, kept for its next call (one per thread, so
+    that two generations in two threads never share it)."""
+    buffer = getattr(_thread_state, "scratch", None)
+    if buffer is None or buffer.numel() < elements:
+        buffer = _thread_state.scratch = torch.empty(elements, dtype=torch.float32)
+    return buffer
+
+
+def align_weights(model: nn.Module) -> int:
+    """Copy every int8 weight the kernel cannot read in place (a memory-mapped checkpoint aligns tensors to 8
+    bytes) into memory of torch's own (64-byte aligned), one layer at a time, and hand the pages of the mapped
+    copy back to the kernel, so the weights are held once; returns how many were copied."""
+    copied = 0
+    for module in model.modules():
+        if isinstance(module, CpuInt8Linear) and module.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT:
+            mapped = module.weight.data
+            module.weight.data = mapped.clone()
+            release_pages(mapped)
+            copied += 1
+    return copied
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to reclaim the pages wholly inside `tensor`'s memory (`MADV_PAGEOUT`). For a memory-mapped
+    checkpoint these are clean file pages: they leave this process's resident memory and are read from the file
+    again if ever touched. Nothing is lost for any other memory either (without swap it stays where it is), and
+    where the call does not exist nothing happens."""
+    storage = tensor.untyped_storage()
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    start = -(-storage.data_ptr() // page) * page
+    end = (storage.data_ptr() + storage.nbytes()) // page * page
+    madvise = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform == "linux" else None
+    if madvise is not None and end > start:
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT)
+
+
+def replace_linear_layers(model: nn.Module, config: TinyGPTVCpuInt8Config) -> list[str]:
+    """Swap every `nn.Linear` not excluded by `config.modules_to_not_convert` for an empty `CpuInt8Linear` (on the
+    meta device: the loader fills it); returns the names replaced."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Linear and should_convert_module(name, config.modules_to_not_convert):
+            with torch.device("meta"):
+                layer = CpuInt8Linear(
+                    module.in_features, module.out_features, module.bias is not None, config.max_decode_rows
+                )
+            model.set_submodule(name, layer)
+            replaced.append(name)
+    return replaced
+
+
+class QuantizeOnLoad(ConversionOps):
+    """Turns a float weight read from the checkpoint into the int8 `weight` and `weight_scale` of its layer."""
+
+    def __init__(self, hf_quantizer):
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict, full_layer_name=None, **kwargs):
+        (weight,) = next(iter(input_dict.values()))
+        quantized, scale = quantize_weight(weight)
+        return {full_layer_name: quantized, f"{full_layer_name}_scale": scale}
+
+
+class TinyGPTVCpuInt8Quantizer(HfQuantizer):
+    requires_calibration = False
+    quantization_config: TinyGPTVCpuInt8Config
+
+    def validate_environment(self, device_map=None, **kwargs):
+        if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            raise ImportError(f"cpu_int8 needs torch's int8 weight-only kernel (torch >= 2.4); this is {torch.__version__}.")
+        places = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+        off_cpu = {place for place in places if place is not None and torch.device(place).type != "cpu"}
+        if off_cpu:
+            raise ValueError(
+                f"cpu_int8 runs on the CPU only, but device_map puts weights on {sorted(map(str, off_cpu))}; load "
+                "with device_map='cpu' (or none), or use bf16 / bitsandbytes on a GPU."
+            )
+
+    def update_device_map(self, device_map):
+        return device_map or {"": "cpu"}
+
+    def update_dtype(self, dtype):
+        """Everything that stays unquantized runs in float32, whatever the checkpoint holds (a bf16 checkpoint's
+        "auto" dtype arrives here as bf16): the activations between layers stay float32 on every CPU."""
+        return torch.float32
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        module, tensor_name = get_module_from_name(model, param_name)
+        return isinstance(module, CpuInt8Linear) and tensor_name == "weight" and not self.pre_quantized
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        if not replace_linear_layers(model, self.quantization_config):
+            raise ValueError("cpu_int8 found no Linear layer to quantize; check modules_to_not_convert.")
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        align_weights(model)
+        return model
+
+    def get_quantize_ops(self):
+        return QuantizeOnLoad(self)
+
+    def is_serializable(self):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+# The package and the remote-code copy of this file can both be imported in one process; the first registration
+# serves both (their layers behave the same).
+AUTO_QUANTIZATION_CONFIG_MAPPING.setdefault(CPU_INT8_METHOD, TinyGPTVCpuInt8Config)
+AUTO_QUANTIZER_MAPPING.setdefault(CPU_INT8_METHOD, TinyGPTVCpuInt8Quantizer)
+
+__all__ = [
+    "CpuFloat32Linear",
+    "CpuInt8Linear",
+    "TinyGPTVCpuInt8Config",
+    "TinyGPTVCpuInt8Quantizer",
+    "cpu_int8_config",
+    "use_cpu_gemm_choice",
+]

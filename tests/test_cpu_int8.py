@@ -1,0 +1,268 @@
+"""The CPU int8 mode (`from_pretrained(..., cpu_int8=True)`): its layer against float32 arithmetic on both kernel
+paths, the whole model against the float32 one, a saved int8 folder reloading int8 with and without the package,
+the requests it refuses, and the chat's choice of weights."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from test_core_remote_code import run_without_package
+from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+from tinygptv_hf import TinyGPTVCpuInt8Config
+from tinygptv_hf.chat import load_chat_model
+from tinygptv_hf.cli import build_parser
+from tinygptv_hf.modeling import CpuFloat32Linear, CpuInt8Linear, quantization_tinygptv, use_cpu_gemm_choice
+from tinygptv_hf.modeling.quantization_tinygptv import quantize_weight
+
+
+def int8_layer(weight, bias, max_decode_rows=4):
+    layer = CpuInt8Linear(weight.shape[1], weight.shape[0], max_decode_rows=max_decode_rows)
+    quantized, scale = quantize_weight(weight)
+    layer.weight.data, layer.weight_scale, layer.bias.data = quantized, scale, bias
+    return layer
+
+
+def test_quantized_weight_is_within_half_a_step_per_channel():
+    weight = torch.randn(40, 24) * torch.logspace(-3, 1, 40)[:, None]  # channels of very different ranges
+    weight[7] = 0  # a dead channel must not divide by zero
+    quantized, scale = quantize_weight(weight)
+    assert quantized.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (40,)
+    assert quantized.abs().max() == 127
+    error = (quantized.float() * scale[:, None] - weight).abs()
+    assert (error <= scale[:, None] / 2 + 1e-12).all()
+    assert (quantized[7] == 0).all()
+
+
+@pytest.mark.parametrize("rows,width", [(1, 32), (2, 32), (3, 32), (40, 32), (1, 24), (2, 40)])
+def test_layer_matches_float32_arithmetic_on_both_paths(rows, width, monkeypatch):
+    """Up to `max_decode_rows` rows the int8 kernel runs (bf16 activations on AVX2: ~3 significant digits); above
+    it the weight is dequantized in slices of output channels (here 3 channels a slice) and the float32 GEMM runs,
+    which matches float32 arithmetic on the dequantized weight. Widths the kernel cannot read (24, 40: not a
+    multiple of 16) always take the dequantized path, whatever the number of rows."""
+    monkeypatch.setattr(quantization_tinygptv, "DEQUANTIZED_SLICE_ELEMENTS", 3 * width)
+    generator = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(40, width, generator=generator), torch.randn(40, generator=generator)
+    layer = int8_layer(weight, bias)
+    inputs = torch.randn(2, rows, width, generator=generator)
+    dequantized = layer.weight.float() * layer.weight_scale[:, None]
+    expected = F.linear(inputs, dequantized, bias)
+    output = layer(inputs)
+    assert output.shape == (2, rows, 40) and output.dtype == torch.float32
+    if 2 * rows <= layer.max_decode_rows and width % 16 == 0:
+        kernel_dtype = quantization_tinygptv.kernel_activation_dtype()
+        tolerance = 2e-2 if kernel_dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(output, expected, rtol=tolerance, atol=tolerance * expected.abs().max())
+    else:
+        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    # and both are close to the float32 layer the weights came from
+    relative = (output - F.linear(inputs, weight, bias)).norm() / expected.norm()
+    assert relative < 0.02
+
+
+@pytest.fixture(scope="module")
+def int8_model(tiny_checkpoint):
+    return AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_checkpoint, image_files):
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "path": str(image_files[0])}, {"type": "text", "text": "what is it"}],
+        }
+    ]
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
+def test_every_linear_layer_is_int8_and_the_rest_float32(int8_model):
+    layers = [module for module in int8_model.modules() if isinstance(module, torch.nn.Linear)]
+    assert not layers, "a Linear layer was left in float32"
+    quantized = [name for name, module in int8_model.named_modules() if isinstance(module, CpuInt8Linear)]
+    for part in ("lm_head", "language_model.layers.0.mlp.fc1", "vision_model.encoder", "qformer", "projector"):
+        assert any(part in name for name in quantized), part
+    float_tensors = [t for t in int8_model.state_dict().values() if t.is_floating_point()]
+    assert {t.dtype for t in float_tensors} == {torch.float32}
+    assert int8_model.lm_head.weight.dtype == torch.int8 and not int8_model.lm_head.weight.requires_grad
+
+
+def test_logits_and_greedy_tokens_follow_float32(tiny_model, int8_model, prompt):
+    with torch.no_grad():
+        expected = tiny_model(**prompt).logits
+        logits = int8_model(**prompt).logits
+    relative_rms = ((logits - expected).norm() / expected.norm()).item()
+    assert relative_rms < 0.02
+    assert (logits.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+    settings = dict(max_new_tokens=6, do_sample=False, stop_strings=None)
+    reference = tiny_model.generate(**prompt, **settings)
+    assert torch.equal(int8_model.generate(**prompt, **settings), reference)
+    # a batch of 6 sequences decodes 6 rows a step, past max_decode_rows=4 of the layer test but under the
+    # default of 16: the int8 kernel serves it, and every sequence gets the same tokens
+    batch = {key: value.expand(6, *value.shape[1:]) for key, value in prompt.items()}
+    assert torch.equal(int8_model.generate(**batch, **settings), reference.expand(6, -1))
+
+
+def test_saved_int8_folder_reloads_int8_with_and_without_the_package(int8_model, prompt, image_files, tmp_path):
+    folder = tmp_path / "int8"
+    int8_model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(int8_model.name_or_path).save_pretrained(folder)
+    assert (folder / "quantization_tinygptv.py").exists()
+    assert "tinygptv_hf" not in (folder / "quantization_tinygptv.py").read_text()
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "tinygptv_cpu_int8"
+
+    reloaded = AutoModelForImageTextToText.from_pretrained(folder).eval()  # no cpu_int8: the folder says it
+    assert isinstance(reloaded.lm_head, CpuInt8Linear)
+    assert torch.equal(reloaded.lm_head.weight, int8_model.lm_head.weight)
+    layers = [module for module in reloaded.modules() if isinstance(module, CpuInt8Linear)]
+    assert all(layer.kernel_can_read_weight() for layer in layers)  # mapped weights were realigned
+    with torch.no_grad():
+        expected = int8_model(**prompt).logits
+        torch.testing.assert_close(reloaded(**prompt).logits, expected, rtol=0, atol=0)
+    batch = {key: value.expand(6, *value.shape[1:]) for key, value in prompt.items()}
+    settings = dict(max_new_tokens=3, do_sample=False, stop_strings=None)
+    assert torch.equal(reloaded.generate(**batch, **settings), int8_model.generate(**batch, **settings))
+
+    out = tmp_path / "remote"
+    run_without_package(tmp_path, folder, image_files[0], "what is it", out)
+    remote = torch.load(f"{out}.pt")
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["classes"][2].startswith("transformers_modules.")
+    torch.testing.assert_close(remote["logits"], expected, rtol=0, atol=1e-6)
+
+
+def test_a_bf16_checkpoint_loads_int8_with_float32_around_it(tiny_checkpoint, int8_model, prompt, tmp_path):
+    folder = tmp_path / "bf16"
+    AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))  # as a Hub bf16 folder says
+    model = AutoModelForImageTextToText.from_pretrained(folder, cpu_int8=True).eval()
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    with torch.no_grad():
+        relative = (model(**prompt).logits - int8_model(**prompt).logits).norm() / int8_model(**prompt).logits.norm()
+    assert relative < 0.02  # bf16 rounding of the weights is all that differs
+
+
+def test_requests_it_cannot_serve_are_refused(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="cannot be combined with quantization_config=BitsAndBytesConfig"):
+        AutoModelForImageTextToText.from_pretrained(
+            tiny_checkpoint, cpu_int8=True, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+        )
+    with pytest.raises(ValueError, match="float32, but dtype=torch.bfloat16"):
+        AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"CPU only, but device_map puts weights on \['cuda:0'\]"):
+        AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True, device_map="cuda")
+    with pytest.raises(ValueError, match="no Linear layer to quantize"):
+        AutoModelForImageTextToText.from_pretrained(
+            tiny_checkpoint, quantization_config=TinyGPTVCpuInt8Config(modules_to_not_convert=["model", "lm_head"])
+        )
+    with pytest.raises(ValueError, match="max_decode_rows must be a non-negative integer"):
+        TinyGPTVCpuInt8Config(max_decode_rows=-1)
+
+    # a folder already quantized by bitsandbytes stays what it is
+    bnb_folder = tmp_path / "bnb"
+    AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+    ).save_pretrained(bnb_folder)
+    with pytest.raises(ValueError, match="quantized with BitsAndBytesConfig"):
+        AutoModelForImageTextToText.from_pretrained(bnb_folder, cpu_int8=True)
+
+
+def test_weights_the_kernel_cannot_read_in_place_are_copied_once(tmp_path):
+    """safetensors aligns a memory-mapped tensor to 8 bytes; torch's x86 kernel crashes on int8 weights that are
+    not 16-byte aligned once 4 rows come. Such a layer falls back to float32 arithmetic until `align_weights` has
+    copied its weight (as loading does), which hands the mapped pages back."""
+    generator = torch.Generator().manual_seed(0)
+    layer = int8_layer(torch.randn(64, 32, generator=generator), torch.zeros(64), max_decode_rows=16)
+    buffer = torch.empty(layer.weight.numel() + 64, dtype=torch.int8)
+    offset = next(i for i in range(64) if (buffer.data_ptr() + i) % 16 == 8)
+    layer.weight.data = buffer[offset : offset + layer.weight.numel()].view(64, 32).copy_(layer.weight)
+    inputs = torch.randn(8, 32, generator=generator)
+    expected = F.linear(inputs, layer.weight.float() * layer.weight_scale[:, None])
+    assert not layer.kernel_can_read_weight()
+    torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5)
+    assert quantization_tinygptv.align_weights(torch.nn.Sequential(layer)) == 1
+    assert layer.kernel_can_read_weight()
+    torch.testing.assert_close(layer(inputs), expected, rtol=2e-2, atol=2e-2 * expected.abs().max())
+
+
+def test_released_pages_of_a_mapped_file_leave_resident_memory(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.arange(64 << 20, dtype=torch.int32).to(torch.int8)}, path)
+    with safe_open(path, framework="pt") as weights:
+        mapped = weights.get_slice("weight")[...]
+    total = mapped.sum(dtype=torch.int64).item()  # every page read: resident
+
+    def resident_file_mb():
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(status["RssFile"].split()[0]) / 1024
+
+    before = resident_file_mb()
+    quantization_tinygptv.release_pages(mapped)
+    assert resident_file_mb() < before - 48
+    assert mapped.sum(dtype=torch.int64).item() == total  # read again from the file
+
+
+def test_inputs_off_the_cpu_are_refused():
+    layer = int8_layer(torch.randn(8, 16), torch.zeros(8))
+    with pytest.raises(RuntimeError, match="runs on the CPU only, but got inputs on meta"):
+        layer(torch.empty(1, 16, device="meta"))
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64, 257])
+def test_float32_gemm_choice_computes_the_same_linear(rows):
+    generator = torch.Generator().manual_seed(rows)
+    stock = torch.nn.Linear(96, 80)
+    inputs = torch.randn(2, rows, 96, generator=generator)
+    with torch.no_grad():
+        expected = stock(inputs)
+    layer = copy.deepcopy(stock)
+    assert use_cpu_gemm_choice(torch.nn.Sequential(layer)) == 1 and isinstance(layer, CpuFloat32Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5)
+    # training goes through stock nn.Linear, which has gradients
+    layer(inputs.requires_grad_()).sum().backward()
+    assert layer.weight.grad is not None and inputs.grad is not None
+    # other dtypes too
+    half = inputs.detach().bfloat16()
+    assert torch.equal(copy.deepcopy(layer).bfloat16()(half), copy.deepcopy(stock).bfloat16()(half))
+
+
+def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tiny_model, prompt, tmp_path):
+    model, _ = load_chat_model(str(tiny_checkpoint))
+    assert isinstance(model.lm_head, CpuInt8Linear)
+    model, _ = load_chat_model(str(tiny_checkpoint), "none")  # full weights, through the machine's faster GEMM
+    assert type(model.lm_head) is CpuFloat32Linear
+    assert model.state_dict().keys() == tiny_model.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**prompt).logits, tiny_model(**prompt).logits, rtol=1e-4, atol=1e-5)
+    # a folder saved quantized keeps its own quantization instead of failing on a second one
+    bnb_folder = tmp_path / "bnb"
+    AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+    ).save_pretrained(bnb_folder)
+    AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(bnb_folder)
+    model, _ = load_chat_model(str(bnb_folder))
+    assert model.config.quantization_config.quant_method == "bitsandbytes"
+    with pytest.raises(ValueError, match="one of int8, none, 8bit, 4bit; got 'fp16'"):
+        load_chat_model(str(tiny_checkpoint), "fp16")
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_weight_flags_of_chat_and_serve(command, capsys):
+    parser = build_parser()
+    assert parser.parse_args([command, "folder"]).quantization is None
+    assert parser.parse_args([command, "folder", "--int8"]).quantization == "int8"
+    assert parser.parse_args([command, "folder", "--full-weights"]).quantization == "none"
+    assert parser.parse_args([command, "folder", "--load-in-4bit"]).quantization == "4bit"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "folder", "--int8", "--load-in-8bit"])
+    assert "not allowed with argument --int8" in capsys.readouterr().err
