@@ -400,3 +400,17 @@ def test_num_multimodal_tokens_for_serving_engines(tiny_processor):
     assert "num_image_tokens" not in tiny_processor._get_num_multimodal_tokens()
     with pytest.raises(ValueError, match=r"\(height, width\)"):
         tiny_processor._get_num_multimodal_tokens(image_sizes=[(0, 10)])
+
+
+def test_normalisation_is_the_backends_bit_for_bit():
+    """The contiguous normalisation (a training-speed fix) must give exactly transformers' own numbers."""
+    from transformers.image_processing_backends import PilBackend
+
+    class BackendNormalize(TinyGPTVImageProcessor):
+        normalize = PilBackend.normalize
+
+    images = [random_image(seed, width=40 + seed, height=30) for seed in range(3)]
+    ours = TinyGPTVImageProcessor(size={"height": 56, "width": 56})(images, return_tensors="np")["pixel_values"]
+    theirs = BackendNormalize(size={"height": 56, "width": 56})(images, return_tensors="np")["pixel_values"]
+    assert ours.dtype == theirs.dtype == np.float32
+    np.testing.assert_array_equal(ours, theirs)
