@@ -15,7 +15,6 @@ NORM_WEIGHTS = (
     r"language_model\.final_layernorm\.weight$",
 )
 PROJECTOR = (r"multi_modal_projector\.",)
-VISION_SIDE = (r"\.vision_model\.", r"\.qformer\.", r"\.query_tokens$")
 # LoRA sits on the language model's attention projections only (the original's query_key_value and dense), with
 # the original's rank, alpha and dropout.
 LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
@@ -55,7 +54,7 @@ class StageSpec:
         return any(re.search(pattern, parameter_name) for pattern in patterns)
 
     def with_overrides(self, **overrides) -> "StageSpec":
-        """A copy with recipe overrides, e.g. `extra_trainable=VISION_SIDE` for the demo's untrained vision tower."""
+        """A copy with recipe overrides, e.g. more trainable patterns in `extra_trainable`."""
         unknown = set(overrides) - {spec_field.name for spec_field in fields(self)}
         if unknown:
             raise ValueError(
