@@ -1,4 +1,6 @@
-"""The text processor, box text and prompt pools, character for character (reference 3.2.6, 3.4, 5.4)."""
+"""The text processor, box text and prompt pools, character for character:
+docs/original-differences.md#text-processor, docs/original-differences.md#prompt-formats and
+docs/original-differences.md#task-identifiers-and-boxes."""
 
 from tinygptv_hf.data import text
 

@@ -26,7 +26,7 @@ from tinygptv_hf.trainers.trainer import COMPLETE_MARK
 
 REPO = Path(__file__).resolve().parents[1]
 
-# One dataset per stage, in the format that stage reads (reference 5.3).
+# One dataset per stage, in the format that stage reads (docs/original-differences.md#data-formats).
 STAGE_DATA = {
     1: [{"reader": "webdataset_captions", "shards": "${webdataset}"}],
     2: [{"reader": "webdataset_captions", "shards": "${webdataset}"}],

@@ -1,9 +1,10 @@
 """Boxes in the original's answer text: parse them into pixels, write them back, draw them.
 
-The stage-4 format (MiniGPT-v2's convention, reference 5.4) puts integer corners normalised to 0-100 of the image's
-width and height in braces, ``{<x1><y1><x2><y2>}``, optionally after a phrase, ``<p>a dog</p> {<..><..><..><..>}``;
-several boxes of one phrase share the braces, separated by ``<delim>``. The chat, the web demo and the evaluation
-harness all read answers through `parse_grounded_text`, so a box means the same thing everywhere.
+The stage-4 format (MiniGPT-v2's convention, docs/original-differences.md#task-identifiers-and-boxes) puts
+integer corners normalised to 0-100 of the image's width and height in braces, ``{<x1><y1><x2><y2>}``,
+optionally after a phrase, ``<p>a dog</p> {<..><..><..><..>}``; several boxes of one phrase share the braces,
+separated by ``<delim>``. The chat, the web demo and the evaluation harness all read answers through
+`parse_grounded_text`, so a box means the same thing everywhere.
 
 A model's text is not trusted: a part that does not follow the format exactly is skipped, never repaired, so the
 parser never reports a box the model did not write.
@@ -85,7 +86,7 @@ def _to_pixels(corners: Sequence[int], width: int, height: int) -> tuple[float, 
 
 
 def normalize_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """Pixel corners to 0-100 integers, truncated like the training data (reference 5.3), clamped to the image.
+    """Pixel corners to 0-100 integers, truncated like the training data, clamped to the image.
 
     The tiny epsilon keeps `parse_grounded_text` and this function exact inverses despite float rounding.
     """

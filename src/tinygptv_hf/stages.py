@@ -1,7 +1,9 @@
 """The stages of TinyGPT-V as data, stage 0 (a fresh checkpoint) included: the one registry of what a stage trains,
 its template, end symbol, image size, name and description, from which every other module derives them.
 
-Reference sections 2.2, 3.4 and 5.2. A stage never differs from another by code, only by these fields.
+What the original trains (docs/original-differences.md#stages), its prompts and end symbols
+(docs/original-differences.md#prompt-formats) and its schedules (docs/original-differences.md#learning-rates).
+A stage never differs from another by code, only by these fields.
 """
 
 import re
@@ -82,7 +84,7 @@ INITIAL = StageSpec(
     description="Initial: the pretrained Phi-2 and BLIP-2 parts with a fresh projector and fresh added norms; "
     "nothing has been trained together yet.",
 )
-# Stages 1-2 end captions with a newline (reference 3.4).
+# Stages 1-2 end captions with a newline (docs/original-differences.md#prompt-formats).
 WARMUP = replace(
     INITIAL,
     stage=1,
@@ -116,7 +118,8 @@ INSTRUCTION = replace(
     "the same trainable set as stage 2 (LoRA merged).",
 )
 # The original's stage-4 "minimum" (8e-5) is above its initial rate (1e-5), so its cosine raises the rate; the
-# paper repeats these numbers. They are kept here to reproduce the run (reference 8.10); recipes may change them.
+# paper repeats these numbers. They are kept here to reproduce the run
+# (docs/original-differences.md#stage-4-learning-rate); recipes may change them.
 MULTITASK = replace(
     PRETRAINING,
     stage=4,

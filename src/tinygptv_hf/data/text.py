@@ -1,7 +1,8 @@
 """Text side of the original's datasets: the ``blip_caption`` processor, box text and the task prompt pools.
 
-Everything here is data or a pure function, so the readers, the synthetic world and the evaluation harness agree
-on every character (reference 3.2.6, 3.4 and 5.4).
+Everything here is data or a pure function, so the readers, the synthetic world and the evaluation harness
+agree on every character: docs/original-differences.md#text-processor,
+docs/original-differences.md#prompt-formats and docs/original-differences.md#task-identifiers-and-boxes.
 """
 
 import re
