@@ -9,26 +9,45 @@ A stage never differs from another by code, only by these fields.
 import re
 from dataclasses import dataclass, field, fields, replace
 
+from .modeling.modeling_tinygptv import LANGUAGE_MODEL, PROJECTOR
+from .modeling.modeling_tinygptv_phi import ADDED_NORMS
 from .processors.templates import END_SYMBOL, INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE
 
+# Regexes searched in parameter names (`base_model.model.` in front under peft).
+DECODER_LAYER = rf"{LANGUAGE_MODEL}\.layers\.\d+\."
+_ADDED_NORMS = "|".join(map(re.escape, ADDED_NORMS))
+PROJECTOR_PARAMETERS = rf"{PROJECTOR}\."
+ADDED_NORM_PARAMETERS = rf"{DECODER_LAYER}({_ADDED_NORMS})\."
 # Stage 1 trains the projector and the weights (not the biases) of every norm the paper adds or re-trains.
 NORM_WEIGHTS = (
-    r"language_model\.layers\.\d+\.(input_layernorm|post_layernorm|self_attn\.q_layernorm|self_attn\.k_layernorm)\.weight$",
-    r"language_model\.final_layernorm\.weight$",
+    rf"{DECODER_LAYER}(input_layernorm|{_ADDED_NORMS})\.weight$",
+    rf"{LANGUAGE_MODEL}\.final_layernorm\.weight$",
 )
-PROJECTOR = (r"multi_modal_projector\.",)
-# LoRA sits on the language model's attention projections only (the original's query_key_value and dense), with
-# the original's rank, alpha and dropout.
-LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
-LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 64, 16, 0.05
+# LoRA sits on the language model's attention projections only (the original's query_key_value and dense).
+LORA_TARGETS = rf".*{DECODER_LAYER}self_attn\.(q_proj|k_proj|v_proj|dense)"
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    r: int = LORA_RANK
-    alpha: int = LORA_ALPHA
-    dropout: float = LORA_DROPOUT
+    """The original's LoRA by default: rank 64, alpha 16 (scaling 0.25), dropout 0.05, no bias."""
+
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
     target_modules: str = LORA_TARGETS
+
+    def peft_config(self, **extra):
+        """This LoRA as a peft `LoraConfig`; `extra` adds other `LoraConfig` fields."""
+        from peft import LoraConfig  # here, so that the commands' parsers load without peft
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias="none",
+            **extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,7 @@ WARMUP = replace(
     INITIAL,
     stage=1,
     name="warm-up",
-    trainable=PROJECTOR + NORM_WEIGHTS,
+    trainable=(PROJECTOR_PARAMETERS, *NORM_WEIGHTS),
     end_symbol="\n",
     max_text_length=32,
     learning_rate=1e-4,
@@ -141,18 +160,11 @@ TRAINING_STAGES = {stage: spec for stage, spec in STAGES.items() if stage}
 
 def prepare_model_for_stage(model, spec: StageSpec):
     """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
-    from peft import LoraConfig, get_peft_model  # here, so that the commands' parsers load without peft
+    from peft import get_peft_model  # here, so that the commands' parsers load without peft
 
     model.requires_grad_(False)
     if spec.lora is not None:
-        lora_config = LoraConfig(
-            r=spec.lora.r,
-            lora_alpha=spec.lora.alpha,
-            lora_dropout=spec.lora.dropout,
-            target_modules=spec.lora.target_modules,
-            bias="none",
-        )
-        model = get_peft_model(model, lora_config)
+        model = get_peft_model(model, spec.lora.peft_config())
     for name, parameter in model.named_parameters():
         if spec.is_trainable(name):
             parameter.requires_grad_(True)
