@@ -19,7 +19,8 @@ from tinygptv_hf.presets import preset_config
 
 LORA_R, LORA_ALPHA = 8, 16
 STAGE_PREFIX = {1: "llama_model.model.", 2: "llama_model.base_model.model.model."}
-# Trainable norm weights the original saves in every stage file (reference 2.3).
+# Trainable norm weights the original saves in every stage file
+# (docs/original-differences.md#released-checkpoints).
 STAGE_NORMS = re.compile(
     r"^model\.language_model\.(layers\.\d+\.(input_layernorm|post_layernorm|self_attn\.[qk]_layernorm)|final_layernorm)\.weight$"
 )
@@ -79,7 +80,7 @@ class SyntheticRelease:
         return merged
 
     def fuse(self, q, k, v) -> torch.Tensor:
-        """transformers-4.36 Phi's query_key_value rows: per head [q, k, v] (reference 1.6)."""
+        """transformers-4.36 Phi's fused rows: per head [q, k, v] (docs/original-differences.md#fused-qkv)."""
         parts = [t.reshape(self.heads, -1, *t.shape[1:]) for t in (q, k, v)]
         return torch.stack(parts, dim=1).reshape(-1, *q.shape[1:])
 

@@ -101,8 +101,14 @@ def test_folder_carries_code_and_full_auto_map(tiny_checkpoint):
     ):
         assert name in files
         assert "tinygptv_hf" not in (tiny_checkpoint / name).read_text()
-    auto_map = json.loads((tiny_checkpoint / "config.json").read_text())["auto_map"]
-    assert {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"} <= set(auto_map)
+    assert json.loads((tiny_checkpoint / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_tinygptv.TinyGPTVConfig",
+        "AutoModel": "modeling_tinygptv.TinyGPTVModel",
+        "AutoModelForImageTextToText": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
+    }
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        auto_map = json.loads((tiny_checkpoint / name).read_text())["auto_map"]
+        assert auto_map == {"AutoProcessor": "processing_tinygptv.TinyGPTVProcessor"}
 
 
 def test_loads_without_the_package_and_matches(

@@ -1,4 +1,6 @@
-"""The text processor, box text and prompt pools, character for character (reference 3.2.6, 3.4, 5.4)."""
+"""The text processor and prompt pools, character for character:
+docs/original-differences.md#text-processor, docs/original-differences.md#prompt-formats and
+docs/original-differences.md#task-identifiers-and-boxes."""
 
 from tinygptv_hf.data import text
 
@@ -15,18 +17,6 @@ def test_blip_caption_keeps_other_punctuation_and_a_lone_newline():
 def test_blip_caption_keeps_at_most_max_words():
     assert text.blip_caption(" ".join(str(i) for i in range(60))) == " ".join(str(i) for i in range(50))
     assert text.blip_caption("one two three", max_words=2) == "one two"
-
-
-def test_box_text_truncates_on_the_0_100_grid_of_the_original_size():
-    assert text.box_to_text([10, 20, 30, 40], 200, 100) == "{<5><20><20><60>}"
-    # 199/200*100 = 99.5 and 199.9/200*100 = 99.95: truncated, never rounded
-    assert text.box_corners([199, 0.9, 0.9, 98.9], 200, 100) == (99, 0, 99, 99)
-    assert text.box_to_text([0, 0, 640, 480], 640, 480) == "{<0><0><100><100>}"
-
-
-def test_several_boxes_use_delim_and_phrases_use_p_tags():
-    assert text.corners_to_text([(1, 2, 3, 4), (5, 6, 7, 8)]) == "{<1><2><3><4><delim><5><6><7><8>}"
-    assert text.phrase_with_boxes("a dog", [(1, 2, 3, 4)]) == "<p>a dog</p> {<1><2><3><4>}"
 
 
 def test_prompt_pools_match_the_original():

@@ -3,7 +3,7 @@
 import evaluate
 import pytest
 
-from tinygptv_hf.evaluation import METRICS_DIR, clean_answer, load_metric, original_cleanup, roc_auc
+from tinygptv_hf.evaluation import METRICS_DIR, harness_answer, load_metric, original_cleanup, roc_auc
 from tinygptv_hf.evaluation.answers import box_iou
 from tinygptv_hf.evaluation.vqa_normalization import (
     CONTRACTIONS,
@@ -166,7 +166,7 @@ def test_a_metric_refuses_to_run_without_a_mode():
 def test_answer_cleanup():
     raw = "<s>[INST] ignored [/INST] Assistant: a red car###Human: what?</s>tail"
     assert original_cleanup(raw) == "Assistant: a red car###Human: what?"
-    assert clean_answer(raw) == "a red car"
+    assert harness_answer(raw) == "a red car"
 
 
 def test_vqa_normalisation():

@@ -7,11 +7,16 @@ from tinygptv_hf.grounding import (
     PALETTE,
     GroundedBox,
     box_colours,
-    box_to_text,
+    box_to_corners,
     boxes_to_text,
+    corners_to_box,
+    corners_to_text,
     draw_boxes,
-    normalize_box,
     parse_grounded_text,
+    phrase_with_boxes,
+    xywh_to_box,
+    xywh_to_corners,
+    xywh_to_text,
 )
 
 SIZES = [(100, 100), (640, 480), (480, 640), (1000, 50), (37, 911), (1, 1)]
@@ -119,17 +124,35 @@ def _pixels(normalized, width, height):
 
 
 def test_box_text_forms():
-    assert box_to_text((64, 48, 320, 480), 640, 480) == "{<10><10><50><100>}"
+    assert boxes_to_text([(64, 48, 320, 480)], 640, 480) == "{<10><10><50><100>}"
     assert boxes_to_text([(0, 0, 10, 10), (50, 50, 100, 100)], 100, 100, "two") == (
         "<p>two</p> {<0><0><10><10><delim><50><50><100><100>}"
     )
-    with pytest.raises(ValueError):
+    assert corners_to_text([(1, 2, 3, 4), (5, 6, 7, 8)]) == "{<1><2><3><4><delim><5><6><7><8>}"
+    assert phrase_with_boxes("a dog", [(1, 2, 3, 4)]) == "<p>a dog</p> {<1><2><3><4>}"
+    with pytest.raises(ValueError, match="at least one box"):
         boxes_to_text([], 100, 100)
+    with pytest.raises(ValueError, match="at least one box"):
+        corners_to_text([])
 
 
-def test_normalize_truncates_like_the_training_data_and_clamps():
-    assert normalize_box((19.9, 0.99, 99.9, 100), 100, 100) == (19, 0, 99, 100)
-    assert normalize_box((-20, -1, 700, 120), 640, 100) == (0, 0, 100, 100)
+def test_box_to_corners_truncates_like_the_training_data_and_clamps():
+    assert box_to_corners((19.9, 0.99, 99.9, 100), 100, 100) == (19, 0, 99, 100)
+    assert box_to_corners((-20, -1, 700, 120), 640, 100) == (0, 0, 100, 100)
+
+
+def test_xywh_text_truncates_on_the_0_100_grid_of_the_original_size():
+    assert xywh_to_text([10, 20, 30, 40], 200, 100) == "{<5><20><20><60>}"
+    # 199/200*100 = 99.5 and 199.9/200*100 = 99.95: truncated, never rounded
+    assert xywh_to_corners([199, 0.9, 0.9, 98.9], 200, 100) == (99, 0, 99, 99)
+    assert xywh_to_text([0, 0, 640, 480], 640, 480) == "{<0><0><100><100>}"
+    # The original's order, x / W * 100: 0.29 * 100 is 28.999999999999996, so 29 px of 100 is box 28.
+    assert xywh_to_corners([29, 0, 0, 0], 100, 1) == (28, 0, 28, 0)
+
+
+def test_pixel_box_forms():
+    assert xywh_to_box([10, 20, 30, 40]) == (10, 20, 40, 60)
+    assert corners_to_box((10, 20, 50, 100), 640, 480) == (64.0, 96.0, 320.0, 480.0)
 
 
 def test_colours_per_phrase():

@@ -15,18 +15,19 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
 from tinygptv_hf.cli import main
 from tinygptv_hf.data import image_instruction
 from tinygptv_hf.data.synthetic import write_synthetic_world
 from tinygptv_hf.stages import STAGES
 from tinygptv_hf.trainers import TinyGPTVCollator
+from tinygptv_hf.trainers.recipe import Recipe, run_recipe
 from tinygptv_hf.trainers.trainer import COMPLETE_MARK
 
 REPO = Path(__file__).resolve().parents[1]
 
-# One dataset per stage, in the format that stage reads (reference 5.3).
+# One dataset per stage, in the format that stage reads (docs/original-differences.md#data-formats).
 STAGE_DATA = {
     1: [{"reader": "webdataset_captions", "shards": "${webdataset}"}],
     2: [{"reader": "webdataset_captions", "shards": "${webdataset}"}],
@@ -125,6 +126,22 @@ def test_stage_trains_declared_parameters_only(stage, tiny_checkpoint, world, tm
     assert f"stage {stage}" in card and "pipeline_tag: image-text-to-text" in card
     if spec.lora is not None:
         assert (output / "adapter" / "adapter_config.json").exists()
+
+
+def test_callers_on_save_sees_a_complete_checkpoint_and_old_ones_rotate_out_after_it(
+    tiny_checkpoint, world, tmp_path
+):
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            output = Path(args.output_dir)
+            complete = (output / f"checkpoint-{state.global_step}" / COMPLETE_MARK).is_file()
+            seen.append((complete, sorted(path.name for path in output.glob("checkpoint-*"))))
+
+    recipe = write_recipe(tmp_path, 1, tiny_checkpoint, steps=3, save_steps=1, save_total_limit=1)
+    run_recipe(Recipe.load(recipe, dict(world)), trainer_callbacks=[Watch()])
+    assert seen == [(True, ["checkpoint-1"]), (True, ["checkpoint-2"]), (True, ["checkpoint-3"])]
 
 
 def stage_log(output: Path) -> list[dict]:

@@ -12,6 +12,14 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .modeling.modeling_tinygptv import (
+    LANGUAGE_MODEL,
+    LM_HEAD,
+    PROJECTOR,
+    QFORMER,
+    QUERY_TOKENS,
+    VISION_TOWER,
+)
 from .stages import STAGES, TRAINING_STAGES, StageSpec, prepare_model_for_stage
 from .trainers.recipe import Recipe
 
@@ -22,12 +30,12 @@ TAGS = ["tinygptv", "vision-language", "multimodal", "phi-2", "blip-2", "custom_
 
 # Name prefix in the model -> how the card names the component.
 COMPONENTS = {
-    "model.vision_model.": "Vision tower (EVA ViT-g, ln_vision)",
-    "model.qformer.": "Q-Former and query tokens",
-    "model.query_tokens": "Q-Former and query tokens",
-    "model.multi_modal_projector.": "Projector (two linear layers)",
-    "model.language_model.": "Language model (Phi-2)",
-    "lm_head.": "LM head",
+    f"model.{VISION_TOWER}.": "Vision tower (EVA ViT-g, ln_vision)",
+    f"model.{QFORMER}.": "Q-Former and query tokens",
+    f"model.{QUERY_TOKENS}": "Q-Former and query tokens",
+    f"model.{PROJECTOR}.": "Projector (two linear layers)",
+    f"model.{LANGUAGE_MODEL}.": "Language model (Phi-2)",
+    f"{LM_HEAD}.": "LM head",
 }
 
 

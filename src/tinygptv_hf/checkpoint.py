@@ -11,13 +11,12 @@ from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
 from .presets import preset_config
 from .processors import TinyGPTVImageProcessor, TinyGPTVProcessor
 from .processors.templates import MAX_NEW_TOKENS, chat_templates
-from .stages import STAGES
+from .stages import ADDED_NORM_PARAMETERS, PROJECTOR_PARAMETERS, STAGES
 from .tokenization import build_tiny_tokenizer, load_llm_tokenizer
 from .weights import load_blip2_vision_side, load_phi_language_model
 
-FRESH_AT_STAGE_0 = re.compile(
-    r"^model\.(multi_modal_projector\.|language_model\.layers\.\d+\.(self_attn\.[qk]_layernorm|post_layernorm)\.)"
-)
+# Built from pretrained Phi-2 and BLIP-2, a stage-0 model starts only the projector and the added norms fresh.
+FRESH_AT_STAGE_0 = re.compile(rf"^model\.({PROJECTOR_PARAMETERS}|{ADDED_NORM_PARAMETERS})")
 
 
 def build_processor(tokenizer, config: TinyGPTVConfig, stage: int | None = None) -> TinyGPTVProcessor:
@@ -108,7 +107,7 @@ def init_checkpoint(
         config = fit_tokenizer(config, tokenizer)
         model = TinyGPTVForConditionalGeneration(config)
         missing, unexpected = model.load_state_dict({**language_model, **vision_state}, strict=False)
-        # Only the projector and the norms TinyGPT-V adds to Phi start fresh; anything else missing is an error.
+        # Anything missing beyond what starts fresh is an error.
         not_fresh = [key for key in missing if not FRESH_AT_STAGE_0.search(key)]
         if not_fresh or unexpected:
             raise ValueError(

@@ -20,7 +20,7 @@ from .checkpoint import build_processor, fit_tokenizer, resize_for_stage, save_c
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
 from .modeling.modeling_tinygptv import interpolate_position_embedding
 from .presets import preset_config
-from .stages import LORA_ALPHA, LORA_DROPOUT, LORA_RANK, LORA_TARGETS, TRAINING_STAGES
+from .stages import TRAINING_STAGES, LoraSpec
 from .tokenization import load_llm_tokenizer
 from .weights import (
     WeightsError,
@@ -388,16 +388,11 @@ def save_adapter(
 
     `base_model` is wrapped in place: save it first.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     adapters = split_lora(weights.lora, config.text_config.num_attention_heads)
-    lora_config = LoraConfig(
-        r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=LORA_DROPOUT,
-        bias="none",
-        target_modules=LORA_TARGETS,
-        base_model_name_or_path=str(Path(path).resolve().parent / BASE_FOLDER),
+    lora_config = LoraSpec(r=lora_r, alpha=lora_alpha).peft_config(
+        base_model_name_or_path=str(Path(path).resolve().parent / BASE_FOLDER)
     )
     peft_model = get_peft_model(base_model, lora_config)
     targeted = {
@@ -448,8 +443,8 @@ def convert_release(
     stage_checkpoint=None,
     tokenizer=None,
     config=None,
-    lora_r: int = LORA_RANK,
-    lora_alpha: int = LORA_ALPHA,
+    lora_r: int = LoraSpec.r,
+    lora_alpha: int = LoraSpec.alpha,
     keep_adapter: bool = False,
 ) -> Path:
     """Write the checkpoint folder of one stage from the original release's files (see `tinygptv convert`)."""

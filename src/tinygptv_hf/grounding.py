@@ -1,9 +1,13 @@
-"""Boxes in the original's answer text: parse them into pixels, write them back, draw them.
+"""Boxes in the original's answer text: their geometry, parsing them into pixels, writing them back, drawing them.
 
-The stage-4 format (MiniGPT-v2's convention, reference 5.4) puts integer corners normalised to 0-100 of the image's
-width and height in braces, ``{<x1><y1><x2><y2>}``, optionally after a phrase, ``<p>a dog</p> {<..><..><..><..>}``;
-several boxes of one phrase share the braces, separated by ``<delim>``. The chat, the web demo and the evaluation
-harness all read answers through `parse_grounded_text`, so a box means the same thing everywhere.
+The stage-4 format (MiniGPT-v2's convention, docs/original-differences.md#task-identifiers-and-boxes) puts
+integer corners normalised to 0-100 of the image's width and height in braces, ``{<x1><y1><x2><y2>}``,
+optionally after a phrase, ``<p>a dog</p> {<..><..><..><..>}``; several boxes of one phrase share the braces,
+separated by ``<delim>``. The chat, the web demo and the evaluation harness all read answers through
+`parse_grounded_text`, so a box means the same thing everywhere.
+
+Names say the box format: a `box` is pixel corners ``(x1, y1, x2, y2)``, an `xywh` is pixels ``[x, y, w, h]`` (the
+COCO and Visual Genome annotations), and `corners` are the integers of the text form on the 0-100 grid.
 
 A model's text is not trusted: a part that does not follow the format exactly is skipped, never repaired, so the
 parser never reports a box the model did not write.
@@ -62,14 +66,14 @@ def parse_grounded_text(text: str, width: int, height: int) -> list[GroundedBox]
             phrase = match.group("phrase").strip() or None
             continue
         for part in match.group("boxes").split(DELIMITER):
-            corners = _normalized_corners(part)
+            corners = _parse_corners(part)
             if corners is not None:
-                boxes.append(GroundedBox(phrase, _to_pixels(corners, width, height), corners))
+                boxes.append(GroundedBox(phrase, corners_to_box(corners, width, height), corners))
         phrase = None
     return boxes
 
 
-def _normalized_corners(part: str) -> tuple[int, int, int, int] | None:
+def _parse_corners(part: str) -> tuple[int, int, int, int] | None:
     found = _BOX.fullmatch(part)
     if found is None:
         return None
@@ -79,13 +83,14 @@ def _normalized_corners(part: str) -> tuple[int, int, int, int] | None:
     return x1, y1, x2, y2
 
 
-def _to_pixels(corners: Sequence[int], width: int, height: int) -> tuple[float, float, float, float]:
+def corners_to_box(corners: Sequence[int], width: float, height: float) -> tuple[float, float, float, float]:
+    """0-100 corners to a pixel box of a `width` x `height` image (``x / 100 * W``, the original harness's order)."""
     x1, y1, x2, y2 = corners
-    return (x1 * width / BOX_SCALE, y1 * height / BOX_SCALE, x2 * width / BOX_SCALE, y2 * height / BOX_SCALE)
+    return (x1 / BOX_SCALE * width, y1 / BOX_SCALE * height, x2 / BOX_SCALE * width, y2 / BOX_SCALE * height)
 
 
-def normalize_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """Pixel corners to 0-100 integers, truncated like the training data (reference 5.3), clamped to the image.
+def box_to_corners(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """A pixel box to 0-100 corners, truncated like the training data, clamped to the image.
 
     The tiny epsilon keeps `parse_grounded_text` and this function exact inverses despite float rounding.
     """
@@ -96,22 +101,51 @@ def normalize_box(box: Sequence[float], width: int, height: int) -> tuple[int, i
     )
 
 
-def box_to_text(box: Sequence[float], width: int, height: int) -> str:
-    """``{<x1><y1><x2><y2>}`` for one pixel box, as a `[refer]` answer or an `[identify]` question writes it."""
-    return boxes_to_text([box], width, height)
+def xywh_to_corners(xywh: Sequence[float], width: float, height: float) -> tuple[int, int, int, int]:
+    """A pixel ``[x, y, w, h]`` to 0-100 corners exactly as the original's training data: ``int(x / W * 100)``.
+
+    The arithmetic order is the original's, so float rounding matches it too; nothing is clamped. (`box_to_corners`
+    differs on purpose: it inverts `parse_grounded_text` exactly and clamps what a drawing tool may overshoot.)
+    """
+    x, y, w, h = (float(value) for value in xywh)
+    return (
+        int(x / width * BOX_SCALE),
+        int(y / height * BOX_SCALE),
+        int((x + w) / width * BOX_SCALE),
+        int((y + h) / height * BOX_SCALE),
+    )
+
+
+def xywh_to_box(xywh: Sequence[float]) -> tuple[float, float, float, float]:
+    x, y, w, h = xywh
+    return (x, y, x + w, y + h)
+
+
+def corners_to_text(corners: Iterable[Sequence[int]]) -> str:
+    """Box text for one or more 0-100 corner tuples; several boxes of one phrase are joined by ``<delim>``."""
+    inner = DELIMITER.join("<{}><{}><{}><{}>".format(*box) for box in corners)
+    if not inner:
+        raise ValueError("Box text needs at least one box.")
+    return f"{{{inner}}}"
+
+
+def phrase_with_boxes(phrase: str, corners: Iterable[Sequence[int]]) -> str:
+    """A grounded phrase, ``<p>phrase</p> {<..><..><..><..>}``, from 0-100 corners."""
+    return f"<p>{phrase}</p> {corners_to_text(corners)}"
 
 
 def boxes_to_text(
     boxes: Iterable[Sequence[float]], width: int, height: int, phrase: str | None = None
 ) -> str:
     """Several pixel boxes of one object in one brace group, ``<p>phrase</p> `` in front when a phrase is given."""
-    inner = DELIMITER.join(
-        "".join(f"<{value}>" for value in normalize_box(box, width, height)) for box in boxes
-    )
-    if not inner:
-        raise ValueError("boxes_to_text needs at least one box.")
-    prefix = f"<p>{phrase}</p> " if phrase is not None else ""
-    return f"{prefix}{{{inner}}}"
+    corners = [box_to_corners(box, width, height) for box in boxes]
+    return corners_to_text(corners) if phrase is None else phrase_with_boxes(phrase, corners)
+
+
+def xywh_to_text(xywh: Sequence[float], width: float, height: float) -> str:
+    """``{<x1><y1><x2><y2>}`` for one pixel ``[x, y, w, h]``, as the original's `[refer]` answers and `[identify]`
+    questions write it."""
+    return corners_to_text([xywh_to_corners(xywh, width, height)])
 
 
 def box_colours(boxes: Sequence[GroundedBox]) -> list[tuple[int, int, int]]:
@@ -156,9 +190,14 @@ __all__ = [
     "GroundedBox",
     "PALETTE",
     "box_colours",
-    "box_to_text",
+    "box_to_corners",
     "boxes_to_text",
+    "corners_to_box",
+    "corners_to_text",
     "draw_boxes",
-    "normalize_box",
     "parse_grounded_text",
+    "phrase_with_boxes",
+    "xywh_to_box",
+    "xywh_to_corners",
+    "xywh_to_text",
 ]

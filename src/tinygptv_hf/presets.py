@@ -82,14 +82,8 @@ PRESETS = {
         projection_hidden_size=128,
     ),
 }
-# The demo's model: `tiny` with 28-px patches (64 patches at 224 px, each seeing a corner or an edge of a shape, at a
-# quarter of the attention cost), cross-attention in both Q-Former layers (BLIP-2's every-other-layer default leaves
-# two layers only one look), and wider initial weights for the parts that train from random: std 0.3 in the vision
-# tower, 0.2 in the Q-Former, projector and LM head. BLIP-2's 0.02 suits 1408-wide layers; in 64-wide ones it starts
-# the tower as a near-identity: a shape probe (tower, Q-Former, linear head on one-shape scenes) told circle, square
-# and triangle apart 64% of the time after 800 steps at 0.02, and 88% after 200 steps with these. The position table
-# starts as a 2D sine-cosine grid as large as the patch embeddings (see `TinyGPTVConfig.vision_position_init`):
-# at the random table's scale, stage 1 never learned to list shapes left to right.
+# The demo's model: `tiny` made to train its vision side from random weights on a CPU in minutes (why each change,
+# with the probe results: docs/demo-model.md).
 PRESETS["tiny-demo"] = dict(
     PRESETS["tiny"],
     vision_config=dict(PRESETS["tiny"]["vision_config"], patch_size=28, initializer_range=0.3),

@@ -1,33 +1,53 @@
 """The stages of TinyGPT-V as data, stage 0 (a fresh checkpoint) included: the one registry of what a stage trains,
 its template, end symbol, image size, name and description, from which every other module derives them.
 
-Reference sections 2.2, 3.4 and 5.2. A stage never differs from another by code, only by these fields.
+What the original trains (docs/original-differences.md#stages), its prompts and end symbols
+(docs/original-differences.md#prompt-formats) and its schedules (docs/original-differences.md#learning-rates).
+A stage never differs from another by code, only by these fields.
 """
 
 import re
 from dataclasses import dataclass, field, fields, replace
 
+from .modeling.modeling_tinygptv import LANGUAGE_MODEL, PROJECTOR
+from .modeling.modeling_tinygptv_phi import ADDED_NORMS
 from .processors.templates import END_SYMBOL, INSTRUCTION_TEMPLATE, MULTITASK_TEMPLATE
 
+# Regexes searched in parameter names (`base_model.model.` in front under peft).
+DECODER_LAYER = rf"{LANGUAGE_MODEL}\.layers\.\d+\."
+_ADDED_NORMS = "|".join(map(re.escape, ADDED_NORMS))
+PROJECTOR_PARAMETERS = rf"{PROJECTOR}\."
+ADDED_NORM_PARAMETERS = rf"{DECODER_LAYER}({_ADDED_NORMS})\."
 # Stage 1 trains the projector and the weights (not the biases) of every norm the paper adds or re-trains.
 NORM_WEIGHTS = (
-    r"language_model\.layers\.\d+\.(input_layernorm|post_layernorm|self_attn\.q_layernorm|self_attn\.k_layernorm)\.weight$",
-    r"language_model\.final_layernorm\.weight$",
+    rf"{DECODER_LAYER}(input_layernorm|{_ADDED_NORMS})\.weight$",
+    rf"{LANGUAGE_MODEL}\.final_layernorm\.weight$",
 )
-PROJECTOR = (r"multi_modal_projector\.",)
-VISION_SIDE = (r"\.vision_model\.", r"\.qformer\.", r"\.query_tokens$")
-# LoRA sits on the language model's attention projections only (the original's query_key_value and dense), with
-# the original's rank, alpha and dropout.
-LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|dense)"
-LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 64, 16, 0.05
+# LoRA sits on the language model's attention projections only (the original's query_key_value and dense).
+LORA_TARGETS = rf".*{DECODER_LAYER}self_attn\.(q_proj|k_proj|v_proj|dense)"
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    r: int = LORA_RANK
-    alpha: int = LORA_ALPHA
-    dropout: float = LORA_DROPOUT
+    """The original's LoRA by default: rank 64, alpha 16 (scaling 0.25), dropout 0.05, no bias."""
+
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
     target_modules: str = LORA_TARGETS
+
+    def peft_config(self, **extra):
+        """This LoRA as a peft `LoraConfig`; `extra` adds other `LoraConfig` fields."""
+        from peft import LoraConfig  # here, so that the commands' parsers load without peft
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias="none",
+            **extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ class StageSpec:
         return any(re.search(pattern, parameter_name) for pattern in patterns)
 
     def with_overrides(self, **overrides) -> "StageSpec":
-        """A copy with recipe overrides, e.g. `extra_trainable=VISION_SIDE` for the demo's untrained vision tower."""
+        """A copy with recipe overrides, e.g. more trainable patterns in `extra_trainable`."""
         unknown = set(overrides) - {spec_field.name for spec_field in fields(self)}
         if unknown:
             raise ValueError(
@@ -83,12 +103,12 @@ INITIAL = StageSpec(
     description="Initial: the pretrained Phi-2 and BLIP-2 parts with a fresh projector and fresh added norms; "
     "nothing has been trained together yet.",
 )
-# Stages 1-2 end captions with a newline (reference 3.4).
+# Stages 1-2 end captions with a newline (docs/original-differences.md#prompt-formats).
 WARMUP = replace(
     INITIAL,
     stage=1,
     name="warm-up",
-    trainable=PROJECTOR + NORM_WEIGHTS,
+    trainable=(PROJECTOR_PARAMETERS, *NORM_WEIGHTS),
     end_symbol="\n",
     max_text_length=32,
     learning_rate=1e-4,
@@ -117,7 +137,8 @@ INSTRUCTION = replace(
     "the same trainable set as stage 2 (LoRA merged).",
 )
 # The original's stage-4 "minimum" (8e-5) is above its initial rate (1e-5), so its cosine raises the rate; the
-# paper repeats these numbers. They are kept here to reproduce the run (reference 8.10); recipes may change them.
+# paper repeats these numbers. They are kept here to reproduce the run
+# (docs/original-differences.md#stage-4-learning-rate); recipes may change them.
 MULTITASK = replace(
     PRETRAINING,
     stage=4,
@@ -139,18 +160,11 @@ TRAINING_STAGES = {stage: spec for stage, spec in STAGES.items() if stage}
 
 def prepare_model_for_stage(model, spec: StageSpec):
     """Freeze everything, add the stage's LoRA (peft), then unfreeze exactly the stage's declared parameters."""
-    from peft import LoraConfig, get_peft_model  # here, so that the commands' parsers load without peft
+    from peft import get_peft_model  # here, so that the commands' parsers load without peft
 
     model.requires_grad_(False)
     if spec.lora is not None:
-        lora_config = LoraConfig(
-            r=spec.lora.r,
-            lora_alpha=spec.lora.alpha,
-            lora_dropout=spec.lora.dropout,
-            target_modules=spec.lora.target_modules,
-            bias="none",
-        )
-        model = get_peft_model(model, lora_config)
+        model = get_peft_model(model, spec.lora.peft_config())
     for name, parameter in model.named_parameters():
         if spec.is_trainable(name):
             parameter.requires_grad_(True)

@@ -21,8 +21,9 @@ from ..processors.templates import MAX_NEW_TOKENS
 
 @dataclass
 class GenerationSettings:
-    """Sampling as the original's chat (reference 3.6): nucleus sampling, temperature 1, top-p 0.9, repetition
-    penalty 1.05, at most 300 new tokens. `greedy` gives reproducible answers, which grounding prefers."""
+    """Sampling as the original's chat: nucleus sampling, temperature 1, top-p 0.9, repetition penalty 1.05,
+    at most `MAX_NEW_TOKENS` new tokens (docs/original-differences.md#chat-sampling). `greedy` gives
+    reproducible answers, which grounding prefers."""
 
     max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = 1.0

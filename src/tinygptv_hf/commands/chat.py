@@ -1,5 +1,7 @@
 """`tinygptv chat`: talk to a checkpoint in the terminal, with streamed answers and grounding boxes saved."""
 
+from ..chat.generation import GenerationSettings
+
 
 def add_model_arguments(parser):
     """The checkpoint and how to load it; shared with `tinygptv serve`."""
@@ -20,17 +22,18 @@ def add_parser(subparsers):
     add_model_arguments(parser)
     parser.add_argument("--image", help="picture to talk about (change it later with /image PATH)")
     sampling = "(default: %(default)s, as the original's chat)"
-    parser.add_argument("--temperature", type=float, default=1.0, help=sampling)
-    parser.add_argument("--top-p", type=float, default=0.9, help=sampling)
-    parser.add_argument("--repetition-penalty", type=float, default=1.05, help=sampling)
-    parser.add_argument("--max-new-tokens", type=int, default=300, help=sampling)
+    defaults = GenerationSettings()
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help=sampling)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help=sampling)
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty, help=sampling)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help=sampling)
     parser.add_argument("--greedy", action="store_true", help="deterministic answers instead of sampling")
     parser.add_argument("--save-dir", help="folder for annotated images (default: a new temporary folder)")
     parser.set_defaults(run=run)
 
 
 def run(args):
-    from ..chat import ChatSession, GenerationSettings, ModelStream, load_chat_model
+    from ..chat import ChatSession, ModelStream, load_chat_model
     from ..chat.terminal import TerminalChat
     from ..processors import load_image
 

@@ -1,6 +1,6 @@
 """`tinygptv convert`: a stage checkpoint folder from the files of the original TinyGPT-V release."""
 
-from ..stages import LORA_ALPHA, LORA_RANK, TRAINING_STAGES
+from ..stages import TRAINING_STAGES, LoraSpec
 
 
 def add_parser(subparsers):
@@ -33,9 +33,14 @@ def add_parser(subparsers):
     parser.add_argument(
         "--config", help="TinyGPTVConfig json (default: phi2 preset with the Phi folder's text config)"
     )
-    parser.add_argument("--lora-r", type=int, default=LORA_RANK, help=f"LoRA rank of the release (default {LORA_RANK})")
     parser.add_argument(
-        "--lora-alpha", type=int, default=LORA_ALPHA, help=f"LoRA alpha; scaling is alpha/r (default {LORA_ALPHA})"
+        "--lora-r", type=int, default=LoraSpec.r, help=f"LoRA rank of the release (default {LoraSpec.r})"
+    )
+    parser.add_argument(
+        "--lora-alpha",
+        type=int,
+        default=LoraSpec.alpha,
+        help=f"LoRA alpha; scaling is alpha/r (default {LoraSpec.alpha})",
     )
     parser.add_argument(
         "--keep-adapter",

@@ -22,7 +22,7 @@ from .readers import (
 )
 from .samples import SAMPLE_FEATURES, image_instruction, make_sample
 from .synthetic import write_synthetic_world
-from .text import blip_caption, box_to_text, corners_to_text, phrase_with_boxes
+from .text import blip_caption
 from .training import TrainingStream
 
 __all__ = [
@@ -32,13 +32,10 @@ __all__ = [
     "DataHealth",
     "TrainingStream",
     "blip_caption",
-    "box_to_text",
-    "corners_to_text",
     "image_instruction",
     "load_refer_pickle",
     "make_sample",
     "mix_datasets",
-    "phrase_with_boxes",
     "read_aokvqa",
     "read_cc_sbu_align",
     "read_coco_vqa",

@@ -1,10 +1,15 @@
-"""Text side of the original's datasets: the ``blip_caption`` processor, box text and the task prompt pools.
+"""Text side of the original's datasets: the ``blip_caption`` processor and the task prompt pools.
 
-Everything here is data or a pure function, so the readers, the synthetic world and the evaluation harness agree
-on every character (reference 3.2.6, 3.4 and 5.4).
+Everything here is data or a pure function, so the readers, the synthetic world and the evaluation harness
+agree on every character: docs/original-differences.md#text-processor,
+docs/original-differences.md#prompt-formats and docs/original-differences.md#task-identifiers-and-boxes.
 """
 
 import re
+
+# Box text lives in `grounding.py`; data/scenes.py and data/synthetic.py import these three from here.
+from ..grounding import corners_to_text, phrase_with_boxes  # noqa: F401
+from ..grounding import xywh_to_corners as box_corners  # noqa: F401
 
 _BLIP_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 _WHITESPACE_RUNS = re.compile(r"\s{2,}")
@@ -24,35 +29,6 @@ def blip_caption(text: str, max_words: int = 50) -> str:
     if len(words) > max_words:
         text = " ".join(words[:max_words])
     return text
-
-
-def box_corners(box_xywh, width: float, height: float) -> tuple[int, int, int, int]:
-    """A pixel box ``[x, y, w, h]`` as integer corners on the 0-100 grid, truncated with ``int()`` as the original.
-
-    The arithmetic order (``x / W * 100``) is the original's, so float rounding matches it too.
-    """
-    x, y, w, h = (float(v) for v in box_xywh)
-    return (
-        int(x / width * 100),
-        int(y / height * 100),
-        int((x + w) / width * 100),
-        int((y + h) / height * 100),
-    )
-
-
-def box_to_text(box_xywh, width: float, height: float) -> str:
-    """``{<x1><y1><x2><y2>}`` for one pixel box of an image of the given size."""
-    return corners_to_text([box_corners(box_xywh, width, height)])
-
-
-def corners_to_text(corners) -> str:
-    """Box text for one or more 0-100 corner tuples; several boxes of one phrase are joined by ``<delim>``."""
-    return "{" + "<delim>".join("<{}><{}><{}><{}>".format(*c) for c in corners) + "}"
-
-
-def phrase_with_boxes(phrase: str, corners) -> str:
-    """A grounded phrase, ``<p>phrase</p> {<..><..><..><..>}``."""
-    return f"<p>{phrase}</p> {corners_to_text(corners)}"
 
 
 # Stage 3: prompts/alignment.txt of the released model repo (identical to MiniGPT-4's file).

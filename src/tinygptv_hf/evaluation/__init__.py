@@ -7,7 +7,7 @@ line stays quick for every other subcommand.
 
 import importlib
 
-from .answers import clean_answer, original_cleanup
+from .answers import harness_answer, original_cleanup
 from .auroc import roc_auc
 from .benchmarks import BENCHMARKS, PAPER_BENCHMARKS, Benchmark, parse_benchmarks, result_key
 from .prediction_log import PredictionLog
@@ -47,7 +47,7 @@ __all__ = [
     "Benchmark",
     "PredictionLog",
     "Sample",
-    "clean_answer",
+    "harness_answer",
     "generation_prompt",
     "load_benchmarks",
     "original_cleanup",

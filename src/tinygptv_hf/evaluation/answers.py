@@ -1,8 +1,9 @@
 """From a raw generation to the text each scoring rule compares.
 
 `original_cleanup` is what the original's `generate()` already did to every output (LLaMA leftovers included);
-the paper rules start from it. `clean_answer` adds the benchmark scripts' cut at the end symbol and after
-`Assistant:`; the standard rules and the saved `answer` start from that.
+the paper rules start from it. `harness_answer` adds the benchmark scripts' cut at the end symbol and after
+`Assistant:`; the standard rules and the saved `answer` start from that. (The processor's `clean_answer` is the
+chat's rule instead: cut at the checkpoint's own end symbol, which is a newline in stages 1-2, and strip.)
 """
 
 import re
@@ -10,8 +11,8 @@ import re
 from ..processors.templates import END_SYMBOL
 from .vqa_normalization import normalize_answer
 
+# The original harness's box rule: one brace group of four numbers, nothing else inside.
 BOX_PATTERN = re.compile(r"\{<(\d{1,3})><(\d{1,3})><(\d{1,3})><(\d{1,3})>\}")
-BOX_SCALE = 100
 
 
 def original_cleanup(text: str) -> str:
@@ -19,8 +20,9 @@ def original_cleanup(text: str) -> str:
     return text.split("</s>")[0].replace("<s>", "").split("[/INST]")[-1].strip()
 
 
-def clean_answer(text: str) -> str:
-    """The answer alone: before the end symbol and after any echoed `Assistant:`."""
+def harness_answer(text: str) -> str:
+    """The answer as the original's benchmark scripts cut it: after `original_cleanup`, before `###` and after any
+    echoed `Assistant:`."""
     return original_cleanup(text).split(END_SYMBOL)[0].split("Assistant:")[-1].strip()
 
 
@@ -37,17 +39,6 @@ def parse_binary(word: str, positive: tuple[str, ...], negative: tuple[str, ...]
     if word in negative:
         return 0
     return None
-
-
-def box_to_pixels(box: tuple[int, ...], width: float, height: float) -> list[float]:
-    """A box in the 0-100 text convention to pixel corners of an image of the given size."""
-    x1, y1, x2, y2 = box
-    return [x1 / BOX_SCALE * width, y1 / BOX_SCALE * height, x2 / BOX_SCALE * width, y2 / BOX_SCALE * height]
-
-
-def xywh_to_corners(bbox) -> list[float]:
-    x, y, w, h = bbox
-    return [x, y, x + w, y + h]
 
 
 def box_iou(first, second, inclusive: bool = False) -> float:

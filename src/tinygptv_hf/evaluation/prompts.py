@@ -1,4 +1,5 @@
-"""The original harness's question texts and prompt templates, character for character (reference 6.1).
+"""The original harness's question texts and prompt templates, character for character
+(docs/original-differences.md#benchmark-prompts).
 
 Typos and odd punctuation ("writting", ". and reply") are part of what the released model was scored on.
 """

@@ -25,7 +25,7 @@ from transformers import GenerationConfig
 
 from ..processors.image_processing_tinygptv import load_image, to_rgb
 from ..processors.templates import END_SYMBOL, IGNORE_INDEX
-from .answers import clean_answer
+from .answers import harness_answer
 from .benchmarks import Benchmark, result_key
 from .metric_base import MODES, load_metric
 from .samples import Sample
@@ -173,7 +173,7 @@ def _ranked(model, processor, batch, pictures, prompts) -> list[dict]:
 
 
 def _generation(text: str) -> dict:
-    return {"generation": text, "answer": clean_answer(text)}
+    return {"generation": text, "answer": harness_answer(text)}
 
 
 def _generated(model, processor, benchmark, pictures, prompts, max_new_tokens) -> list[dict]:

@@ -8,12 +8,6 @@ from transformers import PhiConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
-AUTO_MAP = {
-    "AutoConfig": "configuration_tinygptv.TinyGPTVConfig",
-    "AutoModel": "modeling_tinygptv.TinyGPTVModel",
-    "AutoModelForImageTextToText": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
-    "AutoModelForVision2Seq": "modeling_tinygptv.TinyGPTVForConditionalGeneration",
-}
 VISION_POSITION_INITS = ("normal", "sincos")
 
 
@@ -71,10 +65,9 @@ class TinyGPTVConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        auto_map = dict(getattr(self, "auto_map", None) or {})
-        for key, value in AUTO_MAP.items():
-            auto_map.setdefault(key, value)
-        self.auto_map = auto_map
+        # Saving writes the Auto entries of the saved classes (`register_for_auto_class` in the package): AutoConfig
+        # and AutoModelForImageTextToText. The backbone is not saved on its own, so its AutoModel entry is added here.
+        self.auto_map = {"AutoModel": "modeling_tinygptv.TinyGPTVModel", **(getattr(self, "auto_map", None) or {})}
         self.check_sizes()
 
     def check_sizes(self):
@@ -119,10 +112,6 @@ class TinyGPTVConfig(PreTrainedConfig):
             problems.append(f"image_token_id must be a non-negative id, got {self.image_token_id}")
         if problems:
             raise ValueError("TinyGPTVConfig sizes do not fit together: " + "; ".join(problems) + ".")
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.num_query_tokens
 
 
 __all__ = ["TinyGPTVConfig", "TinyGPTVTextConfig"]

@@ -32,6 +32,12 @@ from .quantization_tinygptv import cpu_int8_config
 
 logger = logging.get_logger(__name__)
 
+# The backbone's parts by attribute name (`model.<name>` inside `TinyGPTVForConditionalGeneration`): the stages,
+# the model cards, the stage-0 builder and the bitsandbytes skip list name the parts through these.
+VISION_TOWER, QUERY_TOKENS, QFORMER = "vision_model", "query_tokens", "qformer"
+PROJECTOR, LANGUAGE_MODEL, LM_HEAD = "multi_modal_projector", "language_model", "lm_head"
+IMAGE_PATH = (VISION_TOWER, QUERY_TOKENS, QFORMER, PROJECTOR)
+
 
 class TinyGPTVProjector(nn.Module):
     """The paper's two linear layers (Q-Former width -> 4096 -> LLM width), deliberately without activation."""
@@ -65,13 +71,7 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
     # bitsandbytes quantizes only the language model's layers unless the caller lists `llm_int8_skip_modules`
     # (a list of their own replaces this one). The image path and the LM head are small and sensitive to rounding.
     # Patterns match from the start of a module name, hence the optional prefix of the backbone inside the LM class.
-    _bnb_skip_modules = [
-        r"(model\.)?vision_model",
-        r"(model\.)?query_tokens",
-        r"(model\.)?qformer",
-        r"(model\.)?multi_modal_projector",
-        "lm_head",
-    ]
+    _bnb_skip_modules = [*(rf"(model\.)?{part}" for part in IMAGE_PATH), LM_HEAD]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

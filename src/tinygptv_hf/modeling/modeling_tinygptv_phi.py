@@ -17,6 +17,10 @@ from transformers.models.phi.modeling_phi import (
 
 from .configuration_tinygptv import TinyGPTVTextConfig
 
+# The norms TinyGPT-V adds to Phi-2's decoder layers (names within a layer): fresh when pretrained Phi-2 weights
+# load, trained from stage 1 on beside Phi-2's own `input_layernorm` and `final_layernorm`.
+ADDED_NORMS = ("self_attn.q_layernorm", "self_attn.k_layernorm", "post_layernorm")
+
 
 class TinyGPTVDecoderLayer(PhiDecoderLayer):
     def __init__(self, config: TinyGPTVTextConfig, layer_idx: int):

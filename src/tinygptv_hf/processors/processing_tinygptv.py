@@ -57,7 +57,8 @@ class TinyGPTVProcessor(ProcessorMixin):
         return outputs
 
     def clean_answer(self, text: str) -> str:
-        """The answer before the end symbol, stripped (what the original's chat returned)."""
+        """The answer before this checkpoint's end symbol, stripped (the chat's rule; the evaluation harness scores
+        with the original benchmark scripts' own cut, `evaluation.answers.harness_answer`)."""
         return self._before_end_symbol(text).strip()
 
     def _before_end_symbol(self, text: str) -> str:

@@ -1,6 +1,7 @@
 """The original's prompt families, character for character, as data.
 
-Three string formats (reference 3.4-3.5) and the chat templates (Jinja) that render them from messages:
+Three string formats (docs/original-differences.md#prompt-formats) and the chat templates (Jinja) that render
+them from messages:
 
 * ``benchmark``: the evaluation harness, ``###Human: <Img><ImageHere></Img> {q}###Assistant: `` (no space before
   ``###Assistant``), also demo.py's form without its system prompt.

@@ -1,11 +1,12 @@
 """The original's training sequence, rebuilt from samples: ids, labels and pixels for the model's forward.
 
-Per sample (reference 3.2-3.3): `[BOS] [prompt text] [image tokens] [prompt text] [answer][end symbol]`, right
-padded with the pad id (attention 0, label -100). Prompt pieces around `<ImageHere>` and the answer are tokenized
-separately without special tokens, as the original did. Labels are the answer ids (truncated to the stage's
-maximum text length); everything else is -100. Later turns of a conversation are `<|endoftext|>` + the templated
-question (unlabelled) followed by the labelled answer. Unlike the original, those in-sequence BOS tokens keep
-attention 1 (the original's pad == bos masked them by accident, reference 8.12).
+Per sample (docs/original-differences.md#training-sequence): `[BOS] [prompt text] [image tokens] [prompt text]
+[answer][end symbol]`, right padded with the pad id (attention 0, label -100). Prompt pieces around
+`<ImageHere>` and the answer are tokenized separately without special tokens, as the original did. Labels are
+the answer ids (truncated to the stage's maximum text length); everything else is -100. Later turns of a
+conversation are `<|endoftext|>` + the templated question (unlabelled) followed by the labelled answer. Unlike
+the original, those in-sequence BOS tokens keep attention 1 (the original's pad == bos masked them by
+accident, docs/original-differences.md#conversation-separators).
 
 A sequence never outgrows the model's context: the original cut the prompt at its `max_context_len` and the
 answer at `max_txt_len`; here the prompt's text is cut from its end when it alone would fill the context (the

@@ -80,6 +80,32 @@ class EpochFromSteps(TrainerCallback):
         state.epoch = state.global_step / state.max_steps
 
 
+class CompleteCheckpoints(TrainerCallback):
+    """After Trainer has written a checkpoint: the stream's position, then the completion mark, and only then the
+    rotation of old checkpoints (Trainer's own rotation is off), so a kill at any moment leaves a complete checkpoint
+    to resume from."""
+
+    def __init__(self, trainer: "TinyGPTVStageTrainer", save_total_limit: int | None):
+        self.trainer = trainer
+        self.save_total_limit = save_total_limit
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.trainer.train_stream.save(folder, self.trainer.stream_file)
+        self.trainer.accelerator.wait_for_everyone()
+        if args.should_save:
+            mark = folder / f"{COMPLETE_MARK}.tmp"
+            mark.write_text(json.dumps({"global_step": state.global_step, "world_size": args.world_size}))
+            os.replace(mark, folder / COMPLETE_MARK)
+            rotate_checkpoints(
+                output_dir=args.output_dir,
+                save_total_limit=self.save_total_limit,
+                best_model_checkpoint=state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {
         name: parameter.detach().cpu().contiguous()
@@ -117,26 +143,32 @@ class TinyGPTVStageTrainer(Trainer):
         model.config.stage = self.stage_spec.stage
         set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
         model = prepare_model_for_stage(model, self.stage_spec)
-        # The collator needs the raw samples; the stream restores its own position, where Trainer would replay.
-        # Set on a copy: the caller's arguments stay as they gave them.
+        # The collator needs the raw samples; the stream restores its own position, where Trainer would replay;
+        # old checkpoints are rotated out by `CompleteCheckpoints`, once the new one is complete. Set on a copy: the
+        # caller's arguments stay as they gave them.
+        save_total_limit = args.save_total_limit
         args = copy.copy(args)
         args.remove_unused_columns = False
         args.ignore_data_skip = True
+        args.save_total_limit = None
         collator = TinyGPTVCollator(
             processor,
             prompt_template=self.stage_spec.prompt_template,
             end_symbol=self.stage_spec.end_symbol,
             max_text_length=self.stage_spec.max_text_length,
         )
+        # Ahead of the caller's callbacks, so that their `on_save` sees a complete checkpoint.
+        own = [CompleteCheckpoints(self, save_total_limit), EpochFromSteps()]
+        callbacks = own + list(kwargs.pop("callbacks", None) or ())
         super().__init__(
             model=model,
             args=args,
             data_collator=collator,
             train_dataset=self.train_stream,
             processing_class=processor,
+            callbacks=callbacks,
             **kwargs,
         )
-        self.add_callback(EpochFromSteps)
 
     def get_train_dataloader(self) -> DataLoader:
         """The stream read in this process without look-ahead, so that between two steps its state is exactly
@@ -162,7 +194,7 @@ class TinyGPTVStageTrainer(Trainer):
                     f"{checkpoint} was written by {written_by} process(es); resume it with the same number, not "
                     f"{self.args.world_size}"
                 )
-            self.train_stream.load(checkpoint, self._stream_file)
+            self.train_stream.load(checkpoint, self.stream_file)
             state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
             if state.global_step >= self.args.max_steps:
                 self._load_from_checkpoint(str(checkpoint))
@@ -177,36 +209,8 @@ class TinyGPTVStageTrainer(Trainer):
             raise
 
     @property
-    def _stream_file(self) -> str:
+    def stream_file(self) -> str:
         return f"stream-rank{self.args.process_index}"
-
-    def _save_checkpoint(self, model, trial):
-        """Trainer's checkpoint plus the stream's position; the completion mark comes last, and only then are old
-        checkpoints rotated out, so a kill at any moment leaves a complete checkpoint to resume from."""
-        output_dir = Path(self.args.output_dir)
-        folder = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save:
-            (folder / COMPLETE_MARK).unlink(missing_ok=True)  # a finished save of this step is being replaced
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        folder.mkdir(parents=True, exist_ok=True)
-        self.train_stream.save(folder, self._stream_file)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            mark = folder / f"{COMPLETE_MARK}.tmp"
-            mark.write_text(
-                json.dumps({"global_step": self.state.global_step, "world_size": self.args.world_size})
-            )
-            os.replace(mark, folder / COMPLETE_MARK)
-            rotate_checkpoints(
-                output_dir=str(output_dir),
-                save_total_limit=limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
 
     def data_health(self) -> dict:
         """The run's bad-sample report, summed over all ranks."""
@@ -224,12 +228,20 @@ class TinyGPTVStageTrainer(Trainer):
         return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Trainer's own checkpoints (`_internal_call`) hold only the trainable tensors, for an exact resume; a
-        caller's `save_model()` gets a complete folder that loads with `from_pretrained`: LoRA merged into a copy
-        (the model in training is left as it is, at the cost of a second copy in memory while saving)."""
-        if _internal_call:
-            return super().save_model(output_dir, _internal_call=True)
+        """Trainer's own checkpoints (`_internal_call`) hold only the trainable tensors, for an exact resume (their
+        completion mark is removed first, in case a finished save of this step is being replaced); a caller's
+        `save_model()` gets a complete folder that loads with `from_pretrained`: LoRA merged into a copy (the model
+        in training is left as it is, at the cost of a second copy in memory while saving)."""
         output_dir = Path(output_dir or self.args.output_dir)
+        if _internal_call:
+            if self.args.should_save:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                (output_dir / COMPLETE_MARK).unlink(missing_ok=True)
+                save_file(trainable_state(self.model), output_dir / TRAINABLE_WEIGHTS)
+                (output_dir / "stage.json").write_text(
+                    json.dumps({"stage": self.stage_spec.stage, "name": self.stage_spec.name})
+                )
+            return
         model = self.model
         if isinstance(model, PeftModel):
             model = copy.deepcopy(model).merge_and_unload()
@@ -237,14 +249,9 @@ class TinyGPTVStageTrainer(Trainer):
             save_checkpoint(model, self.processing_class, output_dir)
         self.accelerator.wait_for_everyone()
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        output_dir = Path(output_dir or self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_file(trainable_state(self.model), output_dir / TRAINABLE_WEIGHTS)
-        (output_dir / "stage.json").write_text(
-            json.dumps({"stage": self.stage_spec.stage, "name": self.stage_spec.name})
-        )
-
+    # Private on purpose (transformers 5.24): `Trainer.train` loads the weights of a checkpoint it resumes through
+    # this method only, and its own version expects a full state dict or a peft adapter, loaded non-strictly. No
+    # public hook loads a checkpoint of the trainable tensors alone (projector, norms and LoRA together), strictly.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         model = model or self.model
         path = Path(resume_from_checkpoint) / TRAINABLE_WEIGHTS

@@ -23,10 +23,7 @@ def read_llava_instruct(
 ):
     """``detail_23k.json`` / ``complex_reasoning_77k.json``: first question through ``blip_caption``, first
     answer as stored; images ``COCO_train2014_{id}.jpg``."""
-    images = require_dir(image_root, f"{source} image folder")
-    parts = json_parts(ann_path, f"{source} annotation file", num_shards)
-    to_sample = functools.partial(_single_turn, images=images, source=source)
-    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
+    return _llava_stream(ann_path, image_root, source, num_shards, seed, _single_turn)
 
 
 def _single_turn(record, rng, images, source):
@@ -48,10 +45,15 @@ def read_conversations(
     The first question becomes ``<Img><ImageHere></Img> {q} ``, each later one ``{q} `` (the original appends a
     space); a trailing question without an answer is dropped.
     """
+    return _llava_stream(ann_path, image_root, source, num_shards, seed, _multi_turn)
+
+
+def _llava_stream(ann_path, image_root, source, num_shards, seed, to_sample):
+    """A LLaVA-layout json list over COCO images, each record made a sample by `to_sample`."""
     images = require_dir(image_root, f"{source} image folder")
     parts = json_parts(ann_path, f"{source} annotation file", num_shards)
-    to_sample = functools.partial(_multi_turn, images=images, source=source)
-    return build_stream(source, parts, read_json_part, to_sample, seed=seed)
+    convert = functools.partial(to_sample, images=images, source=source)
+    return build_stream(source, parts, read_json_part, convert, seed=seed)
 
 
 def _multi_turn(record, rng, images, source):

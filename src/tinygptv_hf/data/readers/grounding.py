@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 
+from ...grounding import xywh_to_text
 from ..samples import image_instruction, make_sample
 from ..stream import (
     Part,
@@ -22,7 +23,6 @@ from ..text import (
     IDENTIFY_TEMPLATES,
     REFER_TEMPLATES,
     blip_caption,
-    box_to_text,
 )
 
 REFER_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -84,7 +84,7 @@ def _refer(record, rng, images, inverse, source):
         raise KeyError(f"annotation {record['ann_id']} not in instances.json")
     image, (width, height) = read_image(os.path.join(images, f"COCO_train2014_{record['image_id']:012d}.jpg"))
     sentence = blip_caption(rng.choice(record["sentences"])["raw"])
-    box = box_to_text(record["bbox"], width, height)
+    box = xywh_to_text(record["bbox"], width, height)
     if inverse:
         turn = (image_instruction(rng.choice(IDENTIFY_TEMPLATES).format(box)), blip_caption(sentence))
     else:
@@ -132,7 +132,7 @@ def _region(record, rng, data_dir, source):
     if record["url"] is None:
         raise KeyError(f"image {record['image_id']} not in image_data.json")
     image, (width, height) = read_image(os.path.join(data_dir, *record["url"].split("/")[-2:]))
-    box = box_to_text([record["x"], record["y"], record["width"], record["height"]], width, height)
+    box = xywh_to_text([record["x"], record["y"], record["width"], record["height"]], width, height)
     instruction = image_instruction(rng.choice(REFER_TEMPLATES).format(blip_caption(record["phrase"])))
     return make_sample(image, [(instruction, box)], source)
 

@@ -4,7 +4,7 @@ paper: hit when the ground-truth answer is a substring of the lower-cased genera
 end symbol ("no" in "not sure###Human: no" counts). standard: exact match of the normalised answer (GQA's rule).
 """
 
-from tinygptv_hf.evaluation.answers import clean_answer, original_cleanup
+from tinygptv_hf.evaluation.answers import harness_answer, original_cleanup
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
 from tinygptv_hf.evaluation.vqa_normalization import normalize_answer
 
@@ -18,4 +18,4 @@ class Gqa(BenchmarkMetric):
 
     @staticmethod
     def standard_score(prediction, reference):
-        return normalize_answer(clean_answer(prediction)) == normalize_answer(reference)
+        return normalize_answer(harness_answer(prediction)) == normalize_answer(reference)

@@ -8,7 +8,7 @@ paper: "yes" anywhere in the lower-cased answer means hateful, else "no" anywher
 
 import datasets
 
-from tinygptv_hf.evaluation.answers import clean_answer, first_word, parse_binary
+from tinygptv_hf.evaluation.answers import first_word, harness_answer, parse_binary
 from tinygptv_hf.evaluation.auroc import roc_auc
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
 
@@ -32,10 +32,10 @@ class HatefulMemes(BenchmarkMetric):
 
     @staticmethod
     def paper_score(prediction, reference):
-        answer = clean_answer(prediction).lower()
+        answer = harness_answer(prediction).lower()
         label = 1 if "yes" in answer else 0 if "no" in answer else None
         return label == reference
 
     @staticmethod
     def standard_score(prediction, reference):
-        return parse_binary(first_word(clean_answer(prediction)), ("yes",), ("no",)) == reference
+        return parse_binary(first_word(harness_answer(prediction)), ("yes",), ("no",)) == reference

@@ -7,7 +7,7 @@ standard: the VQA accuracy with the prediction and every reference always normal
 
 import datasets
 
-from tinygptv_hf.evaluation.answers import clean_answer, original_cleanup
+from tinygptv_hf.evaluation.answers import harness_answer, original_cleanup
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
 from tinygptv_hf.evaluation.vqa_normalization import normalize_answer, strip_whitespace, vqa_accuracy
 
@@ -30,5 +30,5 @@ class Okvqa(BenchmarkMetric):
     @staticmethod
     def standard_score(prediction, reference):
         return vqa_accuracy(
-            normalize_answer(clean_answer(prediction)), [normalize_answer(r) for r in reference]
+            normalize_answer(harness_answer(prediction)), [normalize_answer(r) for r in reference]
         )

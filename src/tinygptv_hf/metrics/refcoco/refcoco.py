@@ -10,15 +10,9 @@ import re
 
 import datasets
 
-from tinygptv_hf.evaluation.answers import (
-    BOX_PATTERN,
-    box_iou,
-    box_to_pixels,
-    clean_answer,
-    original_cleanup,
-    xywh_to_corners,
-)
+from tinygptv_hf.evaluation.answers import BOX_PATTERN, box_iou, harness_answer, original_cleanup
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
+from tinygptv_hf.grounding import corners_to_box, xywh_to_box
 
 
 class Refcoco(BenchmarkMetric):
@@ -36,15 +30,13 @@ class Refcoco(BenchmarkMetric):
         numbers = [int(number) for number in re.findall(r"\d+", answer)]
         if not BOX_PATTERN.match(answer) or len(numbers) != 4:
             return False
-        box = box_to_pixels(numbers, reference["width"], reference["height"])
-        return box_iou(box, xywh_to_corners(reference["bbox"]), inclusive=True) > 0.5
+        box = corners_to_box(numbers, reference["width"], reference["height"])
+        return box_iou(box, xywh_to_box(reference["bbox"]), inclusive=True) > 0.5
 
     @staticmethod
     def standard_score(prediction, reference):
-        match = BOX_PATTERN.match(clean_answer(prediction).replace(" ", ""))
+        match = BOX_PATTERN.match(harness_answer(prediction).replace(" ", ""))
         if match is None:
             return False
-        box = box_to_pixels(
-            [int(number) for number in match.groups()], reference["width"], reference["height"]
-        )
-        return box_iou(box, xywh_to_corners(reference["bbox"])) > 0.5
+        box = corners_to_box([int(number) for number in match.groups()], reference["width"], reference["height"])
+        return box_iou(box, xywh_to_box(reference["bbox"])) > 0.5

@@ -10,7 +10,7 @@ min(1, matches / 3) over the ten leave-one-out subsets, averaged.
 
 import datasets
 
-from tinygptv_hf.evaluation.answers import clean_answer
+from tinygptv_hf.evaluation.answers import harness_answer
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
 from tinygptv_hf.evaluation.vqa_normalization import OFFICIAL_CONTRACTIONS, normalize_answer, vqa_accuracy
 
@@ -22,7 +22,7 @@ class Vizwiz(BenchmarkMetric):
 
     @staticmethod
     def paper_score(prediction, reference):
-        answer = clean_answer(prediction).lower()
+        answer = harness_answer(prediction).lower()
         truths = [truth.lower() for truth in "_".join(reference).split("_")]
         count = sum(truth == answer or truth in answer or answer in truth for truth in truths)
         return min(count / 3.0, 1.0)
@@ -30,5 +30,5 @@ class Vizwiz(BenchmarkMetric):
     @staticmethod
     def standard_score(prediction, reference):
         return vqa_accuracy(
-            normalize_answer(clean_answer(prediction), OFFICIAL_CONTRACTIONS), list(reference)
+            normalize_answer(harness_answer(prediction), OFFICIAL_CONTRACTIONS), list(reference)
         )

@@ -7,7 +7,7 @@ standard: the answer's first word must be true/yes or false/no and agree with th
 
 import datasets
 
-from tinygptv_hf.evaluation.answers import clean_answer, first_word, original_cleanup, parse_binary
+from tinygptv_hf.evaluation.answers import first_word, harness_answer, original_cleanup, parse_binary
 from tinygptv_hf.evaluation.metric_base import BenchmarkMetric
 
 
@@ -25,5 +25,5 @@ class Vsr(BenchmarkMetric):
     @staticmethod
     def standard_score(prediction, reference):
         return (
-            parse_binary(first_word(clean_answer(prediction)), ("true", "yes"), ("false", "no")) == reference
+            parse_binary(first_word(harness_answer(prediction)), ("true", "yes"), ("false", "no")) == reference
         )
