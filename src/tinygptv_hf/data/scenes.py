@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from .text import box_corners, phrase_with_boxes
+from ..grounding import phrase_with_boxes, xywh_to_corners
 
 COLOURS = {"red": (215, 40, 40), "green": (35, 160, 60), "blue": (40, 80, 215), "yellow": (235, 200, 25)}
 SHAPES = ("circle", "square", "triangle")
@@ -124,7 +124,7 @@ def referring_sentences(shape: Shape, scene: Scene) -> list[str]:
 
 
 def corners(shape: Shape, scene: Scene) -> tuple[int, int, int, int]:
-    return box_corners(shape.box, scene.size, scene.size)
+    return xywh_to_corners(shape.box, scene.size, scene.size)
 
 
 def grounded_caption(scene: Scene) -> str:

@@ -12,6 +12,7 @@ import pickle
 import random
 import tarfile
 
+from ..grounding import corners_to_text, phrase_with_boxes
 from .scenes import (
     QUESTION_TYPES,
     caption,
@@ -23,7 +24,6 @@ from .scenes import (
     referring_sentences,
     render,
 )
-from .text import corners_to_text, phrase_with_boxes
 
 DETAIL_QUESTION = "<image>\nDescribe the image in detail."
 
@@ -242,7 +242,9 @@ def _write_gqa(folder, held_out, images, rng):
 
 def _write_caption_eval(folder, held_out):
     """Reference captions of the held-out images (COCO-caption style records), for a caption score."""
-    records = [{"image": f"{s.image_id}.jpg", "image_id": s.image_id, "caption": caption(s)} for s in held_out]
+    records = [
+        {"image": f"{s.image_id}.jpg", "image_id": s.image_id, "caption": caption(s)} for s in held_out
+    ]
     return {"caption_eval": _dump(os.path.join(folder, "captions_testdev.json"), records)}
 
 

@@ -7,10 +7,6 @@ docs/original-differences.md#prompt-formats and docs/original-differences.md#tas
 
 import re
 
-# Box text lives in `grounding.py`; data/scenes.py and data/synthetic.py import these three from here.
-from ..grounding import corners_to_text, phrase_with_boxes  # noqa: F401
-from ..grounding import xywh_to_corners as box_corners  # noqa: F401
-
 _BLIP_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 _WHITESPACE_RUNS = re.compile(r"\s{2,}")
 
