@@ -179,9 +179,7 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         # Stage folders of an earlier run would mix its checkpoints with this run's.
-        raise FileExistsError(
-            f"demo output folder {output_dir} is not empty; pass a new --output or remove it"
-        )
+        raise FileExistsError(f"demo output folder {output_dir} is not empty; pass a new --output or remove it")
     size = QUICK if quick else FULL
     torch.manual_seed(seed)
     started = time.perf_counter()

@@ -65,9 +65,7 @@ def load_chat_model(path: str, quantization: str | None = None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if quantization is None:
-            saved_quantized = (
-                getattr(AutoConfig.from_pretrained(path), "quantization_config", None) is not None
-            )
+            saved_quantized = getattr(AutoConfig.from_pretrained(path), "quantization_config", None) is not None
             quantization = "int8" if device == "cpu" and not saved_quantized else "none"
         kwargs = {"device_map": device}
         if quantization == "int8":

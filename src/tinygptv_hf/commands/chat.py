@@ -25,9 +25,7 @@ def add_parser(subparsers):
     defaults = GenerationSettings()
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help=sampling)
     parser.add_argument("--top-p", type=float, default=defaults.top_p, help=sampling)
-    parser.add_argument(
-        "--repetition-penalty", type=float, default=defaults.repetition_penalty, help=sampling
-    )
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty, help=sampling)
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help=sampling)
     parser.add_argument("--greedy", action="store_true", help="deterministic answers instead of sampling")
     parser.add_argument("--save-dir", help="folder for annotated images (default: a new temporary folder)")

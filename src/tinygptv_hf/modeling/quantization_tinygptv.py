@@ -75,9 +75,7 @@ class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
         if not isinstance(self.max_decode_rows, int) or self.max_decode_rows < 0:
             raise ValueError(f"max_decode_rows must be a non-negative integer, got {self.max_decode_rows!r}.")
         if self.modules_to_not_convert is not None and not isinstance(self.modules_to_not_convert, list):
-            raise ValueError(
-                f"modules_to_not_convert must be a list of names, got {self.modules_to_not_convert!r}."
-            )
+            raise ValueError(f"modules_to_not_convert must be a list of names, got {self.modules_to_not_convert!r}.")
 
 
 def cpu_int8_config(quantization_config=None, dtype=None) -> TinyGPTVCpuInt8Config:
@@ -117,10 +115,7 @@ def kernel_activation_dtype() -> torch.dtype:
     weight = torch.ones(2560, 2560, dtype=torch.int8)
     calls = {
         dtype: functools.partial(
-            torch.ops.aten._weight_int8pack_mm,
-            torch.ones(1, 2560, dtype=dtype),
-            weight,
-            torch.ones(2560, dtype=dtype),
+            torch.ops.aten._weight_int8pack_mm, torch.ones(1, 2560, dtype=dtype), weight, torch.ones(2560, dtype=dtype)
         )
         for dtype in (torch.float32, torch.bfloat16)
     }
@@ -171,9 +166,7 @@ def float32_linear_choice() -> tuple[bool, ...]:
     return tuple(choice)
 
 
-def float32_linear(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows (inference
     only: oneDNN's op has no gradient)."""
     nearest = min(range(len(CALIBRATION_ROWS)), key=lambda i: abs(CALIBRATION_ROWS[i] - rows.shape[0]))
@@ -208,16 +201,12 @@ class CpuInt8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, max_decode_rows: int = 16):
         super().__init__()
         self.in_features, self.out_features, self.max_decode_rows = in_features, out_features, max_decode_rows
-        self.weight = nn.Parameter(
-            torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False
-        )
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False)
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.device.type != "cpu":
@@ -233,10 +222,7 @@ class CpuInt8Linear(nn.Module):
         return output.view(*hidden_states.shape[:-1], self.out_features).to(hidden_states.dtype)
 
     def kernel_can_read_weight(self) -> bool:
-        return (
-            self.in_features % KERNEL_K_MULTIPLE == 0
-            and self.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT == 0
-        )
+        return self.in_features % KERNEL_K_MULTIPLE == 0 and self.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT == 0
 
     def _int8_kernel(self, rows: torch.Tensor) -> torch.Tensor:
         dtype = kernel_activation_dtype()
@@ -258,11 +244,7 @@ class CpuInt8Linear(nn.Module):
             weight = self.weight[start : start + step]
             dequantized = scratch[: weight.numel()].view(weight.shape).copy_(weight)
             output[:, start : start + step] = float32_linear(rows, dequantized)
-        return (
-            output.mul_(self.weight_scale)
-            if self.bias is None
-            else torch.addcmul(self.bias, output, self.weight_scale)
-        )
+        return output.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, output, self.weight_scale)
 
 
 _thread_state = threading.local()
@@ -338,9 +320,7 @@ class TinyGPTVCpuInt8Quantizer(HfQuantizer):
 
     def validate_environment(self, device_map=None, **kwargs):
         if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
-            raise ImportError(
-                f"cpu_int8 needs torch's int8 weight-only kernel (torch >= 2.4); this is {torch.__version__}."
-            )
+            raise ImportError(f"cpu_int8 needs torch's int8 weight-only kernel (torch >= 2.4); this is {torch.__version__}.")
         places = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
         off_cpu = {place for place in places if place is not None and torch.device(place).type != "cpu"}
         if off_cpu:

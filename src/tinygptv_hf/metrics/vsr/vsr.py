@@ -25,6 +25,5 @@ class Vsr(BenchmarkMetric):
     @staticmethod
     def standard_score(prediction, reference):
         return (
-            parse_binary(first_word(harness_answer(prediction)), ("true", "yes"), ("false", "no"))
-            == reference
+            parse_binary(first_word(harness_answer(prediction)), ("true", "yes"), ("false", "no")) == reference
         )
