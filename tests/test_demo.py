@@ -1,6 +1,7 @@
 """`tinygptv demo --quick` end to end in a fresh folder, and the evaluation harness on the demo's held-out sets."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,11 @@ def demo(tmp_path_factory):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return output, result.stdout
+    return output, result.stdout, result.stderr
 
 
 def test_quick_demo_writes_every_stage_with_cards_plots_and_summary(demo):
-    output, stdout = demo
+    output, stdout, _ = demo
     summary = json.loads((output / "summary.json").read_text())
     assert [row["stage"] for row in summary["stages"]] == [0, 1, 2, 3, 4]
     for row in summary["stages"]:
@@ -46,9 +47,21 @@ def test_quick_demo_writes_every_stage_with_cards_plots_and_summary(demo):
     assert "stage  seconds" in stdout and "demo finished" in stdout
 
 
+def test_console_has_one_bar_per_stage_the_scores_and_answers_and_the_raw_log_goes_to_a_file(demo):
+    output, stdout, stderr = demo
+    console = stdout + stderr
+    assert [f"stage {stage}:" in stderr for stage in range(1, 5)] == [True] * 4  # the stage bars
+    for noise in ("{'loss'", "Loading weights", "Writing model shards", "Warning", "warn(", "kernels"):
+        assert noise not in console, noise
+    lines = stdout.splitlines()
+    assert lines[1].startswith("stage  seconds") and "answers of" in stdout
+    log = (output / "demo.log").read_text()
+    assert re.search(r"stage 4 step 4 \{\"loss\": [0-9.]+", log), log[-2000:]
+
+
 def test_final_model_answers_from_its_own_files_without_the_package(demo):
     """The reloaded stage-4 folder answers a held-out question in a process where tinygptv_hf cannot be imported."""
-    output, stdout = demo
+    output, stdout, _ = demo
     final = output / "stage-4" / "final"
     question = json.loads((output / "data" / "gqa" / "testdev_balanced_questions.json").read_text())[0]
     image = output / "data" / "gqa" / "images" / question["image"]
@@ -72,7 +85,7 @@ print("ANSWER", repr(processor.post_process_image_text_to_text(output[:, inputs[
 
 
 def test_eval_harness_runs_on_the_demo_held_out_sets(demo, tmp_path):
-    output, _ = demo
+    output, _, _ = demo
     results = tmp_path / "results.json"
     command = [
         sys.executable, "-m", "tinygptv_hf.cli", "eval", str(output / "stage-4" / "final"),

@@ -6,16 +6,24 @@ stages run through the same Trainer subclasses and recipe mechanism as real trai
 the final folder is reloaded with `AutoModelForImageTextToText(trust_remote_code=True)` and answers questions.
 """
 
+import contextlib
 import json
+import logging
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import torch
+import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.trainer_callback import ProgressCallback
 
 from .cards import recipe_card
 from .checkpoint import init_checkpoint
@@ -175,18 +183,86 @@ def final_loss(log_history: list[dict]) -> float | None:
     return losses[-1] if losses else None
 
 
+LOG_FILE = "demo.log"
+# Libraries whose messages and warnings go to the demo's log file instead of the console.
+LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "tinygptv_hf", "py.warnings")
+logger = logging.getLogger(__name__)
+
+
+class StageProgress(ProgressCallback):
+    """One bar per stage with the last logged loss in its postfix; every log entry goes to the log file, not the
+    console (Trainer's own display prints each one as a dict between bar redraws)."""
+
+    def __init__(self, stage: int):
+        super().__init__()
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training_bar = tqdm(
+            total=state.max_steps, desc=f"stage {self.stage}", unit="step", dynamic_ncols=True, leave=True
+        )
+        self.current_step = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logger.info("stage %d step %d %s", self.stage, state.global_step, json.dumps(logs))
+        if self.training_bar is not None and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+
+@contextlib.contextmanager
+def libraries_logging_to(path: Path):
+    """The libraries' log messages, warnings and loading bars go to `path` while the demo runs; the console keeps
+    the stage bars, the score rows and the answers. Everything is put back afterwards."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in (*LIBRARY_LOGGERS, __name__):
+        library_logger = logging.getLogger(name)
+        saved.append((library_logger, library_logger.handlers[:], library_logger.propagate, library_logger.level))
+        library_logger.handlers[:] = [handler]
+        library_logger.propagate = False
+        library_logger.setLevel(logging.INFO if name == __name__ else logging.WARNING)
+    bars = (
+        (transformers.utils.logging.is_progress_bar_enabled(), transformers.utils.logging.enable_progress_bar),
+        (not datasets.utils.are_progress_bars_disabled(), datasets.enable_progress_bars),
+        (not huggingface_hub.utils.are_progress_bars_disabled(), huggingface_hub.utils.enable_progress_bars),
+    )
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for was_enabled, enable in bars:
+            if was_enabled:
+                enable()
+        for library_logger, handlers, propagate, level in saved:
+            library_logger.handlers[:] = handlers
+            library_logger.propagate = propagate
+            library_logger.setLevel(level)
+        handler.close()
+
+
 def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict:
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         # Stage folders of an earlier run would mix its checkpoints with this run's.
         raise FileExistsError(f"demo output folder {output_dir} is not empty; pass a new --output or remove it")
-    size = QUICK if quick else FULL
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with libraries_logging_to(output_dir / LOG_FILE):
+        return _run_demo(output_dir, seed, QUICK if quick else FULL, echo)
+
+
+def _run_demo(output_dir: Path, seed: int, size: "DemoSize", echo) -> dict:
     torch.manual_seed(seed)
     started = time.perf_counter()
     world = write_synthetic_world(output_dir / "data", seed=seed, n_train=size.n_train, n_eval=size.n_eval)
     held_out = HeldOut(world, size)
     echo(
-        f"synthetic world: {size.n_train} training scenes, {size.n_eval} held-out scenes in {output_dir / 'data'}"
+        f"synthetic world: {size.n_train} training scenes, {size.n_eval} held-out scenes in {output_dir / 'data'}; "
+        f"libraries' messages and the training logs go to {output_dir / LOG_FILE}"
     )
 
     clock = time.perf_counter()
@@ -199,13 +275,14 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
             **evaluate_checkpoint(model_dir, held_out),
         }
     ]
+    echo(format_table(rows))
     histories = {}
-    for stage in tqdm(sorted(TRAINING_STAGES), desc="stages", unit="stage"):
+    for stage in sorted(TRAINING_STAGES):
         clock = time.perf_counter()
         variables = {**{k: str(v) for k, v in world.items() if isinstance(v, str)}, "model": str(model_dir)}
         variables["output"] = str(output_dir / f"stage-{stage}")
         recipe = stage_recipe(stage, variables, size, seed)
-        result = run_recipe(recipe)
+        result = run_recipe(recipe, trainer_callbacks=[StageProgress(stage)])
         recipe_card(recipe, result.final).save(result.final / "README.md")
         model_dir, histories[stage] = result.final, result.log_history
         seconds = time.perf_counter() - clock
@@ -225,7 +302,7 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
         "stages": rows,
         "seconds": time.perf_counter() - started,
         "final_model": str(model_dir),
-        "quick": quick,
+        "quick": size is QUICK,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(histories, rows, output_dir)
@@ -252,14 +329,41 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([header, *map(format_row, rows)])
 
 
+# Run in a fresh interpreter where this package cannot be imported, so the folder's own remote code answers, as on
+# a machine that has only transformers. Reads [[image path, question], ...] on stdin, prints the answers as JSON.
+ANSWER_WITHOUT_PACKAGE = """
+import json, sys
+sys.modules["tinygptv_hf"] = None
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+folder, items = sys.argv[1], json.load(sys.stdin)
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+answers = []
+for path, question in items:
+    content = [{"type": "image"}, {"type": "text", "text": "[vqa] " + question}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=[Image.open(path)], text=[prompt], return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    text = processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1]:])[0]
+    answers.append(processor.clean_answer(text))
+print(json.dumps(answers))
+"""
+
+
 def show_answers(model_dir: Path, held_out: HeldOut, count: int = 5) -> str:
-    """Reload the final folder as a user would (Auto class, remote code) and answer held-out questions."""
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    """Reload the final folder as a user without this package would (Auto class, its remote code) and answer
+    held-out questions."""
     picked = held_out.questions[:count]
-    answers = answer(
-        model, processor, [q[0] for q in picked], [chat_prompt(processor, f"[vqa] {q[1]}") for q in picked], 6
+    result = subprocess.run(
+        [sys.executable, "-c", ANSWER_WITHOUT_PACKAGE, str(model_dir)],
+        input=json.dumps([[str(path), question] for path, question, _, _ in picked]),
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
     lines = [f"answers of {model_dir} (reloaded with AutoModelForImageTextToText, trust_remote_code=True):"]
     lines += [
         f"  {path.name}: {question} -> {predicted!r} (truth {truth!r})"

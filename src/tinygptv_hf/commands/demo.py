@@ -1,5 +1,7 @@
 """`tinygptv demo`: train all four stages on a synthetic world on CPU and show what the model learned."""
 
+import logging
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("demo", help="train the four stages on bundled synthetic data and evaluate")
@@ -10,6 +12,9 @@ def add_parser(subparsers):
 
 
 def run(args):
+    # peft imports bitsandbytes, which on CPUs with AVX-512 bf16 logs at import that an optional 4-bit kernel
+    # package is missing; the demo loads no 4-bit weights, and this import comes before the demo's log file exists.
+    logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
     from ..demo import run_demo
 
     run_demo(args.output, seed=args.seed, quick=args.quick)

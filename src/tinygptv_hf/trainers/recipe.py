@@ -22,8 +22,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .. import data as data_readers
 from ..data import DataHealth, TrainingStream, mix_datasets
@@ -61,9 +63,7 @@ class Recipe:
             if section not in raw:
                 raise ValueError(f"{source}: the recipe needs a '{section}' section")
         if raw["stage"] not in TRAINING_STAGES:
-            raise ValueError(
-                f"{source}: stage must be one of {sorted(TRAINING_STAGES)}, got {raw['stage']!r}"
-            )
+            raise ValueError(f"{source}: stage must be one of {sorted(TRAINING_STAGES)}, got {raw['stage']!r}")
         return cls(
             stage=raw["stage"],
             model=raw["model"],
@@ -96,6 +96,7 @@ class Recipe:
             report_to=[],
             save_strategy="steps",
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.accelerator.is_available(),  # pinned memory only helps a copy to a device
         )
         return TrainingArguments(**{**defaults, **self.training})
 
@@ -166,7 +167,9 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     recipe's `push` are the caller's (`tinygptv train`, the demo): see `cards.recipe_card`.
 
     `resume=True` continues from the newest complete `checkpoint-*` in the output folder, a path from that
-    checkpoint. The log history and the data report (`data_health.json`) are written to the output folder.
+    checkpoint. A `ProgressCallback` among `trainer_callbacks` replaces Trainer's own console display (its bar
+    and the log dicts it prints). The log history and the data report (`data_health.json`) are written to the
+    output folder.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -188,6 +191,10 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
         stage_spec=recipe.spec,
         callbacks=trainer_callbacks,
     )
+    if any(isinstance(callback, ProgressCallback) for callback in trainer_callbacks or ()):
+        for callback in list(trainer.callback_handler.callbacks):
+            if type(callback) in (ProgressCallback, PrinterCallback):
+                trainer.remove_callback(callback)
     trainer.train(resume_from_checkpoint=resume or None)
     final = trainer.finish_stage()
     result = StageResult(
