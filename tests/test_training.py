@@ -408,3 +408,39 @@ def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint
     assert main(["train", str(recipe), *variables(world)]) == 2
     assert "dataloader_num_workers must be 0" in capsys.readouterr().err
     assert not (tmp_path / "stage-2" / "final").exists()
+
+
+def test_trainer_loss_on_labelled_positions_equals_the_full_models_loss_and_gradients(
+    tiny_checkpoint, world, tmp_path
+):
+    """The stage trainer applies the LM head only where a label follows; loss and every gradient must be the
+    model's own full-logits loss, for rows whose answers sit at different positions, with and without
+    `num_items_in_batch` (gradient accumulation)."""
+    from tinygptv_hf.trainers.trainer import STAGE_TRAINERS
+
+    recipe = Recipe.load(write_recipe(tmp_path, 4, tiny_checkpoint, 1), world)
+    trainer = STAGE_TRAINERS[4](
+        AutoModelForImageTextToText.from_pretrained(tiny_checkpoint),
+        recipe.training_arguments(),
+        processor=AutoProcessor.from_pretrained(tiny_checkpoint),
+        train_dataset=recipe.training_stream(),
+        stage_spec=recipe.spec,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = batch["labels"].ne(-100)
+    assert len(set(labelled.float().argmax(dim=1).tolist())) > 1  # the answers start at different positions
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    head_rows = []
+    trainer.model.get_output_embeddings().register_forward_hook(lambda _, args, __: head_rows.append(args[0].shape[1]))
+    for items in (None, torch.tensor(int(labelled[:, 1:].sum()) + 5)):
+        full = trainer.model(**batch, **({} if items is None else {"num_items_in_batch": items})).loss
+        full_grads = torch.autograd.grad(full, trainable)
+        ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=items)
+        our_grads = torch.autograd.grad(ours, trainable)
+        torch.testing.assert_close(ours, full)
+        for mine, theirs in zip(our_grads, full_grads, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    positions_with_a_next_label = int(labelled[:, 1:].any(dim=0).sum())
+    assert head_rows == [batch["labels"].shape[1], positions_with_a_next_label] * 2
+    assert positions_with_a_next_label < batch["labels"].shape[1] / 2
+    assert "labels" in batch  # the caller's batch is left as it was

@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotat
 
 from ..checkpoint import save_checkpoint, set_processor_stage
 from ..data import DataHealth, TrainingStream
+from ..processors.templates import IGNORE_INDEX
 from ..stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 from .collator import TinyGPTVCollator
 from .inputs import training_samples
@@ -207,6 +208,20 @@ class TinyGPTVStageTrainer(Trainer):
             if progress is not None:  # close the bar, so that the error is the last thing on the terminal
                 progress.on_train_end(self.args, self.state, self.control)
             raise
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Trainer's loss, with the LM head applied only where some row of the batch has a label to predict.
+
+        The loss is the same per-token mean (the ignored positions add nothing to it), but the head and the
+        cross-entropy over the whole vocabulary, a large part of a step, run only on those positions: a stage
+        labels just the answer, a few tokens of each sequence. Evaluation (`return_outputs`) gets full logits."""
+        if return_outputs or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        next_labels = torch.nn.functional.pad(inputs.pop("labels")[:, 1:], (0, 1), value=IGNORE_INDEX)
+        keep = next_labels.ne(IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+        inputs.update(logits_to_keep=keep, shift_labels=next_labels[:, keep])
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     @property
     def stream_file(self) -> str:
