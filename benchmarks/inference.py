@@ -393,10 +393,6 @@ def generate(model, new_tokens: int, **inputs) -> tuple[torch.Tensor, list[float
 
 def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: int, image_sizes: list[int]) -> dict:
     """One mode, in its own process: everything this mode's rows need except the floors."""
-    from tinygptv_hf.checkpoint import build_processor
-    from tinygptv_hf.tokenization import build_tiny_tokenizer
-    from tinygptv_hf.trainers import set_image_size
-
     mode = MODES[mode_name]
     start = time.perf_counter()
     model = load(mode, root, sizes).eval()
@@ -450,7 +446,7 @@ def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: 
                     "top1_agreement": (logits.argmax(-1) == expected.argmax(-1)).float().mean().item(),
                 }
             for size in (size for size in image_sizes if size != model.config.vision_config.image_size):
-                set_image_size(model, build_processor(build_tiny_tokenizer(), model.config), size)
+                model.set_image_size(size)
                 pixels = torch.randn(1, 3, size, size, device=device())
                 result["encode_flops"][size] = count_flops(mode, sizes, 1, size)
                 result["encode_s"][size] = seconds(
