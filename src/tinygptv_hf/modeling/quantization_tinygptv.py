@@ -192,10 +192,12 @@ def many_rows_dtype() -> torch.dtype:
 
 
 def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows (inference
-    only: oneDNN's op has no gradient)."""
+    """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows. oneDNN's op
+    has no gradient, so whenever autograd would record the product (a trainable weight counts as much as an
+    input that needs a gradient) it is stock `F.linear`."""
     nearest = min(range(len(CALIBRATION_ROWS)), key=lambda i: abs(CALIBRATION_ROWS[i] - rows.shape[0]))
-    if float32_linear_choice()[nearest] and not (torch.is_grad_enabled() and rows.requires_grad):
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (rows, weight, bias))
+    if float32_linear_choice()[nearest] and not recorded:
         return onednn_linear(rows, weight, bias)
     return F.linear(rows, weight, bias)
 
