@@ -8,11 +8,14 @@ checkpoints), for modes that are too slow or too large to run at full size on a 
 `run` measures the floors (large tensor copy, square matmul, one Linear layer at 1 and 8 rows) and then each
 mode in its own process: image encoding at 224 and 448, prefill and decode at batch 1 and 8, generation through
 the image path, peak resident memory, footprint, and logit drift against fp32 on a fixed input. Stock
-`transformers.PhiForCausalLM` with the same text sizes runs in the same session. On a CUDA machine the same
-commands measure bf16, torch.compile and the quantized modes instead.
+`transformers.PhiForCausalLM` with the same text sizes runs in the same session. `drift` runs only the drift
+check (logits at every position of the fixed image + text prompt, each mode in its own process, fp32 first):
+minutes where `run` takes most of an hour. On a CUDA machine the same commands measure bf16, torch.compile and
+the quantized modes instead.
 
     python benchmarks/inference.py prepare [--preset phi2] [--text-layers N] [--root DIR] [--modes ...]
     python benchmarks/inference.py run [--modes fp32 cpu-int8 ...] [--text-layers N] [--output results.json]
+    python benchmarks/inference.py drift [--modes fp32 cpu-int8 int8 ...] [--text-layers N] [--output drift.json]
     python benchmarks/inference.py report results.json [more.json ...]   # tables from one or several runs
 """
 
@@ -82,7 +85,7 @@ CPU_MODES = {
     ),
     "torchao-int8": Mode(
         "tinygptv", "bf16", torch.float32, torchao=True,
-        what="TorchAoConfig(Int8WeightOnlyConfig()) at load, float32 activations, eager",
+        what="TorchAoConfig(Int8WeightOnlyConfig()) at load, every Linear (LM head too), float32 activations, eager",
     ),
     "torchao-int8-compile": Mode(
         "tinygptv", "bf16", torch.float32, torchao=True, compile=True,
@@ -226,7 +229,8 @@ def load(mode: Mode, root: Path, sizes: Sizes):
         from torchao.quantization import Int8WeightOnlyConfig
         from transformers import TorchAoConfig
 
-        extra["quantization_config"] = TorchAoConfig(Int8WeightOnlyConfig())
+        # the LM head too (transformers leaves it out by default), as in every other quantized mode here
+        extra["quantization_config"] = TorchAoConfig(Int8WeightOnlyConfig(), include_input_output_embeddings=True)
     model = AutoModelForImageTextToText.from_pretrained(
         root / f"{sizes.name}-{mode.source}", dtype=mode.dtype, device_map=device(), **extra
     )
@@ -254,6 +258,18 @@ def pack_for_onednn(model, dtype: torch.dtype):
         model.lm_head = to_mkldnn(model.lm_head, dtype)
 
 
+def apply_mode(model, mode: Mode):
+    """What a mode does to the loaded model before it runs: packing, the GEMM choice, compilation."""
+    if mode.pack:
+        pack_for_onednn(model, mode.dtype)
+    if mode.gemm_choice:
+        from tinygptv_hf.modeling import use_cpu_gemm_choice
+
+        use_cpu_gemm_choice(model)
+    if mode.compile:
+        compile_layers(model)
+
+
 def compile_layers(model):
     """torch.compile each decoder layer; on CPU with inductor freezing, which packs weights for oneDNN."""
     if device().type == "cpu":
@@ -267,11 +283,20 @@ def compile_layers(model):
 # ---------------------------------------------------------------------------------------------- counting
 
 
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; a tensor subclass (torchao's quantized weights, which report their float dtype)
+    counts the tensors it is made of."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def tensor_bytes(module) -> int:
     """Bytes of every parameter and buffer, with bitsandbytes' scales and quantization states."""
     total = 0
     for tensor in (*module.parameters(), *module.buffers()):
-        total += tensor.numel() * tensor.element_size()
+        total += stored_bytes(tensor)
         state = getattr(tensor, "quant_state", None)
         if state is not None:
             total += sum(v.numel() * v.element_size() for v in state.as_dict().values() if torch.is_tensor(v))
@@ -393,24 +418,13 @@ def generate(model, new_tokens: int, **inputs) -> tuple[torch.Tensor, list[float
 
 def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: int, image_sizes: list[int]) -> dict:
     """One mode, in its own process: everything this mode's rows need except the floors."""
-    from tinygptv_hf.checkpoint import build_processor
-    from tinygptv_hf.tokenization import build_tiny_tokenizer
-    from tinygptv_hf.trainers import set_image_size
-
     mode = MODES[mode_name]
     start = time.perf_counter()
     model = load(mode, root, sizes).eval()
     result = {"mode": mode_name, "what": mode.what, "load_s": time.perf_counter() - start,
               "env": {name: os.environ.get(name) for name, _ in mode.env}}
-    result["footprint_gb"] = model.get_memory_footprint() / 1e9
-    if mode.pack:
-        pack_for_onednn(model, mode.dtype)
-    if mode.gemm_choice:
-        from tinygptv_hf.modeling import use_cpu_gemm_choice
-
-        use_cpu_gemm_choice(model)
-    if mode.compile:
-        compile_layers(model)
+    result["footprint_gb"] = tensor_bytes(model) / 1e9
+    apply_mode(model, mode)
     result["decode_bytes"] = {}
     result["prefill_flops"] = {b: count_flops(mode, sizes, b, None) for b in BATCHES}
 
@@ -438,19 +452,13 @@ def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: 
         # logits, which make bitsandbytes dequantize the whole LM head; a 4x longer ViT sequence).
         result["peak_generation"] = peak_memory_gb()
         if mode.model == "tinygptv":
-            logits = model(**prompt).logits.float()[0]
-            reference = root / f"{sizes.name}-fp32-logits.pt"
-            if mode_name == "fp32":
-                torch.save(logits.cpu(), reference)
-            elif reference.exists():
-                expected = torch.load(reference).to(logits.device)
-                result["drift"] = {
-                    "max_abs": (logits - expected).abs().max().item(),
-                    "relative_rms": ((logits - expected).norm() / expected.norm()).item(),
-                    "top1_agreement": (logits.argmax(-1) == expected.argmax(-1)).float().mean().item(),
-                }
+            logits = model(**prompt).logits.float()[0].cpu()
+            torch.save(logits, logits_path(root, sizes, mode_name))
+            reference = logits_path(root, sizes, "fp32")
+            if mode_name != "fp32" and reference.exists():
+                result["drift"] = logit_drift(logits, torch.load(reference))
             for size in (size for size in image_sizes if size != model.config.vision_config.image_size):
-                set_image_size(model, build_processor(build_tiny_tokenizer(), model.config), size)
+                model.set_image_size(size)
                 pixels = torch.randn(1, 3, size, size, device=device())
                 result["encode_flops"][size] = count_flops(mode, sizes, 1, size)
                 result["encode_s"][size] = seconds(
@@ -601,6 +609,56 @@ def report(session: dict, model: str) -> str:
     return "\n".join(lines)
 
 
+def logits_path(root: Path, sizes: Sizes, mode_name: str) -> Path:
+    return root / f"{sizes.name}-{mode_name}-logits.pt"
+
+
+def logit_drift(logits: torch.Tensor, expected: torch.Tensor) -> dict:
+    """How far `logits` (positions x vocabulary) are from `expected`: the largest absolute difference, the
+    difference's norm relative to `expected`'s, and the fraction of positions with the same top token."""
+    return {
+        "max_abs": (logits - expected).abs().max().item(),
+        "relative_rms": ((logits - expected).norm() / expected.norm()).item(),
+        "top1_agreement": (logits.argmax(-1) == expected.argmax(-1)).float().mean().item(),
+    }
+
+
+def fixed_logits(mode_name: str, root: Path, sizes: Sizes) -> dict:
+    """One mode, in its own process: its logits at every position of the fixed prompt (image included), saved
+    for `drift`, with its load time and peak memory."""
+    mode = MODES[mode_name]
+    start = time.perf_counter()
+    model = load(mode, root, sizes).eval()
+    result = {"load_s": time.perf_counter() - start, "footprint_gb": tensor_bytes(model) / 1e9}
+    apply_mode(model, mode)
+    with torch.inference_mode():
+        logits = model(**fixed_prompt(model, mode)).logits.float()[0].cpu()
+    torch.save(logits, logits_path(root, sizes, mode_name))
+    return {**result, **peak_memory_gb()}
+
+
+def drift_report(session: dict) -> str:
+    m = session["machine"]
+    lines = [
+        f"Machine: {m['device']} ({m['cpu_features']}), {m['threads']} threads; torch {m['torch']}, bitsandbytes "
+        f"{m['bitsandbytes']}; {m['date']}. Model: `{session['model']}`, random weights (float32 = the bf16 "
+        f"checkpoint's values); {TEXT_TOKENS} text + 32 image tokens, logits at every position.",
+        "",
+        "| mode | what | max abs | relative RMS | top-1 agreement | footprint | peak resident memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in session["modes"]:
+        if "error" in row:
+            lines.append(f"| {row['mode']} | failed: {row['error']} | | | | | |")
+            continue
+        drift = row.get("drift")
+        cells = (f"{drift['max_abs']:.3g} | {drift['relative_rms']:.2%} | {drift['top1_agreement']:.1%}"
+                 if drift else "reference | - | -")
+        lines.append(f"| {row['mode']} | {MODES[row['mode']].what} | {cells} | {row['footprint_gb']:.2f} GB | "
+                     f"{row['peak_rss_gb']:.2f} GB |")
+    return "\n".join(lines)
+
+
 def merge(sessions: list[dict]) -> dict:
     """One session from several runs (a later run's mode replaces an earlier one's); a row without floors of its
     own keeps those of its session. Machine and kernel table come from the first run."""
@@ -614,7 +672,7 @@ def merge(sessions: list[dict]) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "run", "report", "measure", "quantize"])
+    parser.add_argument("command", choices=["prepare", "run", "drift", "report", "measure", "logits", "quantize"])
     parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="phi2")
     parser.add_argument("--text-layers", type=int, help="decoder layers, if not the preset's")
@@ -639,6 +697,25 @@ def main():
     elif args.command == "measure":
         result = measure(args.arguments[0], args.root, sizes, args.new_tokens, args.repeats, args.sizes)
         print(json.dumps(result))
+    elif args.command == "logits":
+        print(json.dumps(fixed_logits(args.arguments[0], args.root, sizes)))
+    elif args.command == "drift":
+        if "fp32" not in args.modes and not logits_path(args.root, sizes, "fp32").exists():
+            parser.error("drift compares against fp32's logits: put fp32 in --modes")
+        session = {"machine": machine(), "model": sizes.name, "modes": []}
+        common = ["--root", str(args.root), "--preset", args.preset]
+        if args.text_layers is not None:
+            common += ["--text-layers", str(args.text_layers)]
+        for mode in sorted(args.modes, key=lambda mode: mode != "fp32"):  # the reference first
+            row = {"mode": mode, **run_isolated(__file__, ["logits", mode, *common], env=dict(MODES[mode].env))}
+            if "error" not in row and mode != "fp32":
+                reference = torch.load(logits_path(args.root, sizes, "fp32"))
+                row["drift"] = logit_drift(torch.load(logits_path(args.root, sizes, mode)), reference)
+            session["modes"].append(row)
+            print(json.dumps(row), flush=True)
+        if args.output:
+            args.output.write_text(json.dumps(session, indent=1))
+        print(drift_report(session))
     else:
         session = {"machine": machine(), "model": sizes.name, "floors": floors(), "modes": []}
         print(json.dumps(session["floors"]), flush=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_core_remote_code import run_without_package
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
 from tinygptv_hf import TinyGPTVCpuInt8Config
@@ -40,11 +41,13 @@ def test_quantized_weight_is_within_half_a_step_per_channel():
 
 @pytest.mark.parametrize("rows,width", [(1, 32), (2, 32), (3, 32), (40, 32), (1, 24), (2, 40)])
 def test_layer_matches_float32_arithmetic_on_both_paths(rows, width, monkeypatch):
-    """Up to `max_decode_rows` rows the int8 kernel runs (bf16 activations on AVX2: ~3 significant digits); above
-    it the weight is dequantized in slices of output channels (here 3 channels a slice) and the float32 GEMM runs,
-    which matches float32 arithmetic on the dequantized weight. Widths the kernel cannot read (24, 40: not a
-    multiple of 16) always take the dequantized path, whatever the number of rows."""
-    monkeypatch.setattr(quantization_tinygptv, "DEQUANTIZED_SLICE_ELEMENTS", 3 * width)
+    """Up to `max_decode_rows` rows the int8 kernel runs (bf16 activations on x86: ~3 significant digits); above
+    it the weight is dequantized in slices of output channels (here 3 channels a slice) and the GEMM of
+    `many_rows_dtype()` runs, which matches float32 arithmetic on the dequantized weight (to bf16's ~3 digits
+    where that GEMM is bf16). Widths the kernel cannot read (24, 40: not a multiple of 16) always take the
+    dequantized path, whatever the number of rows."""
+    slice_bytes = 3 * width * quantization_tinygptv.many_rows_dtype().itemsize
+    monkeypatch.setattr(quantization_tinygptv, "DEQUANTIZED_SLICE_BYTES", slice_bytes)
     generator = torch.Generator().manual_seed(rows)
     weight, bias = torch.randn(40, width, generator=generator), torch.randn(40, generator=generator)
     layer = int8_layer(weight, bias)
@@ -53,15 +56,45 @@ def test_layer_matches_float32_arithmetic_on_both_paths(rows, width, monkeypatch
     expected = F.linear(inputs, dequantized, bias)
     output = layer(inputs)
     assert output.shape == (2, rows, 40) and output.dtype == torch.float32
-    if 2 * rows <= layer.max_decode_rows and width % 16 == 0:
-        kernel_dtype = quantization_tinygptv.kernel_activation_dtype()
-        tolerance = 2e-2 if kernel_dtype == torch.bfloat16 else 1e-5
-        torch.testing.assert_close(output, expected, rtol=tolerance, atol=tolerance * expected.abs().max())
-    else:
-        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    kernel = 2 * rows <= layer.max_decode_rows and width % 16 == 0
+    dtype = quantization_tinygptv.kernel_activation_dtype() if kernel else quantization_tinygptv.many_rows_dtype()
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(output, expected, rtol=tolerance, atol=tolerance * expected.abs().max())
     # and both are close to the float32 layer the weights came from
     relative = (output - F.linear(inputs, weight, bias)).norm() / expected.norm()
     assert relative < 0.02
+
+
+class GemmLog(TorchDispatchMode):
+    """The matrix products and int8 conversions that run inside it, with their operands' dtypes."""
+
+    def __init__(self):
+        super().__init__()
+        self.gemms, self.conversions = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("mm", "addmm", "_linear_pointwise"):
+            self.gemms.append(next(arg for arg in args if torch.is_tensor(arg) and arg.dim() == 2).dtype)
+        if name == "copy_" and args[1].dtype == torch.int8:
+            self.conversions += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_many_rows_take_one_gemm_per_vision_layer_in_the_faster_dtype():
+    """Regression: the image and prompt path (257 and 55 rows) was slower in int8 than in float32, because each
+    layer went through several 16 MiB float32 slices, each a weight conversion, a GEMM and a copy of its output,
+    every one a pass over the threads (which a busy machine makes expensive), and because float32 was used even
+    where the CPU multiplies bfloat16 natively at twice the speed. EVA ViT-g's MLP weight (6144 x 1408) now takes
+    one conversion and one GEMM, in the dtype `many_rows_dtype()` timed faster here."""
+    generator = torch.Generator().manual_seed(0)
+    layer = int8_layer(torch.randn(6144, 1408, generator=generator) / 50, torch.zeros(6144))
+    inputs = torch.randn(257, 1408, generator=generator)
+    layer(inputs)  # the one-off timings run outside the log
+    with torch.no_grad(), GemmLog() as log:
+        output = layer(inputs)
+    assert log.gemms == [quantization_tinygptv.many_rows_dtype()] and log.conversions == 1
+    assert output.dtype == torch.float32
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +141,25 @@ def test_logits_and_greedy_tokens_follow_float32(tiny_model, int8_model, prompt)
     # default of 16: the int8 kernel serves it, and every sequence gets the same tokens
     batch = {key: value.expand(6, *value.shape[1:]) for key, value in prompt.items()}
     assert torch.equal(int8_model.generate(**batch, **settings), reference.expand(6, -1))
+
+
+def test_logits_stay_at_least_as_close_to_float32_as_bitsandbytes_int8(tiny_checkpoint, tiny_model, int8_model, prompt):
+    """The mode's quality bar: on the same image prompt, its logits drift from float32 no more than those of
+    bitsandbytes' int8 with the same layers quantized (every Linear), by relative RMS and by top-1 agreement.
+    (Here about 1.6% against 2.1%, and 98% against 95% of positions; benchmarks/inference.py drift measures the
+    same at full size.)"""
+    bnb = AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[])
+    ).eval()
+    with torch.no_grad():
+        expected = tiny_model(**prompt).logits
+        ours, theirs = int8_model(**prompt).logits, bnb(**prompt).logits
+
+    def top1(logits):
+        return (logits.argmax(-1) == expected.argmax(-1)).float().mean()
+
+    assert (ours - expected).norm() <= (theirs - expected).norm()
+    assert top1(ours) >= top1(theirs)
 
 
 def test_saved_int8_folder_reloads_int8_with_and_without_the_package(int8_model, prompt, image_files, tmp_path):
@@ -188,7 +240,8 @@ def test_weights_the_kernel_cannot_read_in_place_are_copied_once(tmp_path):
     inputs = torch.randn(8, 32, generator=generator)
     expected = F.linear(inputs, layer.weight.float() * layer.weight_scale[:, None])
     assert not layer.kernel_can_read_weight()
-    torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5)
+    tolerance = 2e-2 if quantization_tinygptv.many_rows_dtype() == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(layer(inputs), expected, rtol=tolerance, atol=tolerance * expected.abs().max())
     assert quantization_tinygptv.align_weights(torch.nn.Sequential(layer)) == 1
     assert layer.kernel_can_read_weight()
     torch.testing.assert_close(layer(inputs), expected, rtol=2e-2, atol=2e-2 * expected.abs().max())
@@ -228,9 +281,13 @@ def test_float32_gemm_choice_computes_the_same_linear(rows):
     assert use_cpu_gemm_choice(torch.nn.Sequential(layer)) == 1 and isinstance(layer, CpuFloat32Linear)
     with torch.no_grad():
         torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5)
-    # training goes through stock nn.Linear, which has gradients
+    # training goes through stock nn.Linear, which has gradients: for the weight of a layer whose input needs
+    # none (the first trained layer after frozen ones; oneDNN's op silently gave it no gradient), and for the input
+    layer(inputs).sum().backward()
+    stock(inputs).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, stock.weight.grad)
     layer(inputs.requires_grad_()).sum().backward()
-    assert layer.weight.grad is not None and inputs.grad is not None
+    assert inputs.grad is not None
     # other dtypes too
     half = inputs.detach().bfloat16()
     assert torch.equal(copy.deepcopy(layer).bfloat16()(half), copy.deepcopy(stock).bfloat16()(half))

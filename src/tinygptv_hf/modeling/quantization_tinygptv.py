@@ -7,9 +7,12 @@ quarter of float32's. How a layer multiplies depends on how many rows it gets:
   and AVX-512 its bfloat16 path is vectorised and its float32 one a plain loop, 20-50x slower), and the result
   is cast back to float32;
 - many rows (prompts, the vision tower's 257 patches, the Q-Former) are bound by arithmetic, not bytes, and the
-  int8 kernel is slower there than float32 GEMM, so the weight is converted to float32 one slice of output
-  channels at a time (never the whole model, never a whole large layer) and multiplied by the faster float32
-  GEMM of this CPU for that many rows (MKL's or oneDNN's on the plain weight, timed once per process).
+  int8 kernel is slower there than a plain GEMM, so the weight is converted, at most 32 MiB of it at a time
+  (one layer, or a slice of output channels of a large one; never the model), into the dtype whose GEMM is
+  faster on this CPU (timed once per process): bfloat16 where the CPU multiplies it natively (AVX512-BF16,
+  AMX: about twice float32's speed; int8 values convert to bfloat16 exactly, so only the activations and the
+  products are rounded, as on the few-rows path), else float32, through the faster of MKL's and oneDNN's GEMM
+  for that many rows.
 Everything that is not a Linear layer (embeddings, norms, the patch convolution, position tables, query tokens)
 stays float32, and so do all activations between layers.
 
@@ -38,9 +41,10 @@ from transformers.quantizers.quantizers_utils import get_module_from_name, shoul
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 CPU_INT8_METHOD = "tinygptv_cpu_int8"
-# Elements of float32 weight dequantized at once on the many-rows path (16 MiB): large enough for an efficient
-# GEMM per slice, small enough that the transient is negligible next to the model.
-DEQUANTIZED_SLICE_ELEMENTS = 1 << 22
+# Bytes of weight dequantized at once on the many-rows path (32 MiB): in bfloat16, every layer of the vision
+# tower and Q-Former in one piece and Phi-2's MLP in two (each piece costs a few more passes over the threads,
+# which a busy machine makes expensive), and still a negligible transient next to the model.
+DEQUANTIZED_SLICE_BYTES = 1 << 25
 # `_weight_int8pack_mm`'s x86 kernels step through the input features a vector at a time with aligned loads and
 # no remainder loop. Measured with torch 2.13 (AMD EPYC, AVX-512 and AVX2 dispatch): the AVX-512 kernel gives wrong
 # numbers or crashes the process for widths that are not a multiple of 16 (the AVX2 one: 8), for activations not
@@ -58,8 +62,8 @@ class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
 
     Args:
         max_decode_rows: layers that get at most this many rows (tokens x sequences) use the int8 kernel; more rows
-            use dequantized float32 weights (on the 2-core AMD EPYC of docs/benchmarks.md the int8 kernel stops
-            winning between 16 and 55 rows).
+            use weights dequantized to bfloat16 or float32 (on the 2-core AMD EPYC of docs/benchmarks.md the int8
+            kernel stops winning between 16 and 55 rows).
         modules_to_not_convert: Linear layers to keep in float32 (transformers' patterns: a module-name prefix, a
             regex or a suffix); by default every Linear layer is quantized, the LM head, vision tower and Q-Former
             included, which is what fits the full-size model in 5 GB.
@@ -100,7 +104,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.maximum(weight.amax(dim=1), -weight.amin(dim=1)).float()
     scale = scale.clamp_(min=torch.finfo(torch.float32).tiny) / 127
     quantized = torch.empty(weight.shape, dtype=torch.int8)
-    step = max(1, DEQUANTIZED_SLICE_ELEMENTS // weight.shape[1])
+    step = max(1, DEQUANTIZED_SLICE_BYTES // torch.float32.itemsize // weight.shape[1])
     for start in range(0, weight.shape[0], step):
         rows = weight[start : start + step].float() / scale[start : start + step, None]
         quantized[start : start + step] = rows.round_().clamp_(-127, 127)
@@ -166,11 +170,34 @@ def float32_linear_choice() -> tuple[bool, ...]:
     return tuple(choice)
 
 
+@functools.cache
+def many_rows_dtype() -> torch.dtype:
+    """The dtype of the many-rows path's GEMM on this CPU, timed once per process: bfloat16 where it beats
+    float32 (oneDNN on AVX512-BF16 or AMX), else float32. Without native bfloat16 a bfloat16 GEMM runs hundreds
+    of times slower, so a small product is timed first and only a CPU that passes it is timed on Phi-2 sizes."""
+
+    def products(count: int, width: int) -> dict:
+        rows, weight = torch.randn(count, width), torch.randn(width, width) / 50
+        half_rows, half_weight = rows.bfloat16(), weight.bfloat16()
+        return {
+            torch.float32: lambda: float32_linear(rows, weight),
+            torch.bfloat16: lambda: F.linear(half_rows, half_weight),
+        }
+
+    small = fastest(products(16, 256), 2)
+    if small[torch.bfloat16] > 2 * small[torch.float32]:
+        return torch.float32
+    best = fastest(products(64, 2560), 3)
+    return torch.bfloat16 if best[torch.bfloat16] < 0.8 * best[torch.float32] else torch.float32
+
+
 def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows (inference
-    only: oneDNN's op has no gradient)."""
+    """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows. oneDNN's op
+    has no gradient, so whenever autograd would record the product (a trainable weight counts as much as an
+    input that needs a gradient) it is stock `F.linear`."""
     nearest = min(range(len(CALIBRATION_ROWS)), key=lambda i: abs(CALIBRATION_ROWS[i] - rows.shape[0]))
-    if float32_linear_choice()[nearest] and not (torch.is_grad_enabled() and rows.requires_grad):
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (rows, weight, bias))
+    if float32_linear_choice()[nearest] and not recorded:
         return onednn_linear(rows, weight, bias)
     return F.linear(rows, weight, bias)
 
@@ -233,29 +260,36 @@ class CpuInt8Linear(nn.Module):
         return product.float() if self.bias is None else torch.add(self.bias, product)  # float32 either way
 
     def _dequantized(self, rows: torch.Tensor) -> torch.Tensor:
-        """Float32 GEMM on the int8 weight converted a slice of output channels at a time into this thread's
-        scratch buffer (a fresh buffer per slice would cost a page fault per 4 KiB); the scales multiply the
-        output, so the conversion is a plain copy."""
-        rows = rows.float()
-        step = max(1, DEQUANTIZED_SLICE_ELEMENTS // self.in_features)
-        scratch = _scratch(step * self.in_features)
-        output = rows.new_empty(rows.shape[0], self.out_features)
+        """GEMM in `many_rows_dtype()` on the int8 weight converted into this thread's scratch buffer (a fresh
+        buffer per slice would cost a page fault per 4 KiB), in as few equal slices of output channels as keep
+        each under `DEQUANTIZED_SLICE_BYTES`; the scales multiply the float32 output, so the conversion is a
+        plain copy."""
+        dtype = many_rows_dtype()
+        rows = rows.to(dtype)
+        slices = -(-self.weight.numel() * dtype.itemsize // DEQUANTIZED_SLICE_BYTES)
+        step = -(-self.out_features // slices)
+        scratch = _scratch(step * self.in_features, dtype)
+        products = []
         for start in range(0, self.out_features, step):
             weight = self.weight[start : start + step]
             dequantized = scratch[: weight.numel()].view(weight.shape).copy_(weight)
-            output[:, start : start + step] = float32_linear(rows, dequantized)
-        return output.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, output, self.weight_scale)
+            gemm = float32_linear if dtype == torch.float32 else F.linear
+            products.append(gemm(rows, dequantized))
+        product = products[0] if len(products) == 1 else torch.cat(products, dim=1)
+        if self.bias is None:  # float32 either way (type promotion), in one pass
+            return product * self.weight_scale
+        return torch.addcmul(self.bias, product, self.weight_scale)
 
 
 _thread_state = threading.local()
 
 
-def _scratch(elements: int) -> torch.Tensor:
-    """A float32 buffer of at least `elements` for the calling thread, kept for its next call (one per thread, so
-    that two generations in two threads never share it)."""
+def _scratch(elements: int, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer of at least `elements` of `dtype` for the calling thread, kept for its next call (one per thread,
+    so that two generations in two threads never share it)."""
     buffer = getattr(_thread_state, "scratch", None)
-    if buffer is None or buffer.numel() < elements:
-        buffer = _thread_state.scratch = torch.empty(elements, dtype=torch.float32)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < elements:
+        buffer = _thread_state.scratch = torch.empty(elements, dtype=dtype)
     return buffer
 
 
