@@ -17,13 +17,16 @@ from eval_fixtures import files
 from tinygptv_hf import cli
 
 REPO = Path(__file__).resolve().parents[1]
+# GQA's 3 questions plus these, then IconQA's 2: enough items (~2 s of work even on an idle machine) that a run is
+# still going when the test stops it after two saved items; with 10 items a fast run could finish first.
+EXTRA_GQA_QUESTIONS = 150
+ITEMS = 3 + EXTRA_GQA_QUESTIONS + 2
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """GQA with 8 questions, then IconQA's 2: a run over both takes long enough to be stopped half way."""
     root = tmp_path_factory.mktemp("benchmarks")
-    files.write_gqa(root, extra_questions=5)
+    files.write_gqa(root, extra_questions=EXTRA_GQA_QUESTIONS)
     files.write_iconqa(root)
     return root
 
@@ -91,7 +94,7 @@ def test_a_run_stopped_by_ctrl_c_and_by_sigkill_resumes_to_the_same_files(
     status = stop_mid_run([*command, "--resume"], predictions, tmp_path / "second.log", signal.SIGKILL)
     assert status == -signal.SIGKILL
     after_kill = saved_items(predictions)
-    assert 2 <= after_ctrl_c < after_kill < 10  # both stopped before the last of the 10 items
+    assert 2 <= after_ctrl_c < after_kill < ITEMS  # both stopped before the last item
     assert not output.exists()
 
     assert cli.main([*command, "--resume"]) == 0
@@ -101,7 +104,8 @@ def test_a_run_stopped_by_ctrl_c_and_by_sigkill_resumes_to_the_same_files(
 
 def test_a_line_cut_short_is_dropped_and_its_item_redone(tiny_checkpoint, data_dir, uninterrupted, tmp_path):
     whole = predictions_of(uninterrupted).read_bytes()
-    lines = whole.split(b"\n")  # header, 10 items, ""
+    lines = whole.split(b"\n")  # header, the items, ""
+    assert len(lines) == ITEMS + 2
     output = tmp_path / "results.json"
     # The header and five items saved, the sixth item's line cut off by the kill.
     predictions_of(output).write_bytes(b"\n".join(lines[:6]) + b"\n" + lines[6][: len(lines[6]) // 2])
