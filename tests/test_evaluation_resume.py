@@ -17,9 +17,9 @@ from eval_fixtures import files
 from tinygptv_hf import cli
 
 REPO = Path(__file__).resolve().parents[1]
-# GQA's 3 questions plus these, then IconQA's 2: enough items (~2 s of work even on an idle machine) that a run is
-# still going when the test stops it after two saved items; with 10 items a fast run could finish first.
-EXTRA_GQA_QUESTIONS = 150
+# GQA's 3 questions plus these, then IconQA's 2: a run that is still going (for half a second or more) when the test
+# stops it after two saved items.
+EXTRA_GQA_QUESTIONS = 40
 ITEMS = 3 + EXTRA_GQA_QUESTIONS + 2
 
 
@@ -61,9 +61,12 @@ def stop_mid_run(command: list[str], predictions: Path, log: Path, how: signal.S
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     with open(log, "w") as stderr:
+        # Ctrl-C's default action in the child even when this process was started with SIGINT ignored (as a
+        # background job of a shell is), which the child would inherit and then never see the signal.
         process = subprocess.Popen(
             [sys.executable, "-m", "tinygptv_hf.cli", *command], cwd=REPO, env=environment,
             stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 300
