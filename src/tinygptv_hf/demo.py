@@ -255,7 +255,7 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
         return _run_demo(output_dir, seed, QUICK if quick else FULL, echo)
 
 
-def _run_demo(output_dir: Path, seed: int, size: "DemoSize", echo) -> dict:
+def _run_demo(output_dir: Path, seed: int, size: DemoSize, echo) -> dict:
     torch.manual_seed(seed)
     started = time.perf_counter()
     world = write_synthetic_world(output_dir / "data", seed=seed, n_train=size.n_train, n_eval=size.n_eval)

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import TrainingArguments
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .. import data as data_readers
 from ..data import DataHealth, TrainingStream, mix_datasets
@@ -167,9 +166,7 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     recipe's `push` are the caller's (`tinygptv train`, the demo): see `cards.recipe_card`.
 
     `resume=True` continues from the newest complete `checkpoint-*` in the output folder, a path from that
-    checkpoint. A `ProgressCallback` among `trainer_callbacks` replaces Trainer's own console display (its bar
-    and the log dicts it prints). The log history and the data report (`data_health.json`) are written to the
-    output folder.
+    checkpoint. The log history and the data report (`data_health.json`) are written to the output folder.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -191,10 +188,6 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
         stage_spec=recipe.spec,
         callbacks=trainer_callbacks,
     )
-    if any(isinstance(callback, ProgressCallback) for callback in trainer_callbacks or ()):
-        for callback in list(trainer.callback_handler.callbacks):
-            if type(callback) in (ProgressCallback, PrinterCallback):
-                trainer.remove_callback(callback)
     trainer.train(resume_from_checkpoint=resume or None)
     final = trainer.finish_stage()
     result = StageResult(

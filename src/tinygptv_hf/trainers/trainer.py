@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ProgressCallback, TrainerCallback, TrainerState
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from ..checkpoint import save_checkpoint, set_processor_stage
@@ -170,6 +170,11 @@ class TinyGPTVStageTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        # A caller's own progress display replaces Trainer's (its bar, and the log dicts it prints between redraws).
+        if any(isinstance(callback, ProgressCallback) for callback in callbacks):
+            for callback in list(self.callback_handler.callbacks):
+                if type(callback) in (ProgressCallback, PrinterCallback):
+                    self.remove_callback(callback)
 
     def get_train_dataloader(self) -> DataLoader:
         """The stream read in this process without look-ahead, so that between two steps its state is exactly
