@@ -86,14 +86,17 @@ def test_many_rows_take_one_gemm_per_vision_layer_in_the_faster_dtype():
     layer went through several 16 MiB float32 slices, each a weight conversion, a GEMM and a copy of its output,
     every one a pass over the threads (which a busy machine makes expensive), and because float32 was used even
     where the CPU multiplies bfloat16 natively at twice the speed. EVA ViT-g's MLP weight (6144 x 1408) now takes
-    one conversion and one GEMM, in the dtype `many_rows_dtype()` timed faster here."""
+    one conversion and one GEMM in bfloat16 (two in float32: a CPU without native bfloat16, or a busy one), in the
+    dtype `many_rows_dtype()` timed faster here."""
     generator = torch.Generator().manual_seed(0)
     layer = int8_layer(torch.randn(6144, 1408, generator=generator) / 50, torch.zeros(6144))
     inputs = torch.randn(257, 1408, generator=generator)
     layer(inputs)  # the one-off timings run outside the log
     with torch.no_grad(), GemmLog() as log:
         output = layer(inputs)
-    assert log.gemms == [quantization_tinygptv.many_rows_dtype()] and log.conversions == 1
+    dtype = quantization_tinygptv.many_rows_dtype()
+    pieces = {torch.bfloat16: 1, torch.float32: 2}[dtype]
+    assert log.gemms == [dtype] * pieces and log.conversions == pieces
     assert output.dtype == torch.float32
 
 
@@ -162,7 +165,13 @@ def test_logits_stay_at_least_as_close_to_float32_as_bitsandbytes_int8(tiny_chec
     assert top1(ours) >= top1(theirs)
 
 
-def test_saved_int8_folder_reloads_int8_with_and_without_the_package(int8_model, prompt, image_files, tmp_path):
+def test_saved_int8_folder_reloads_int8_with_and_without_the_package(
+    int8_model, prompt, image_files, tmp_path, monkeypatch
+):
+    # The process without the package multiplies prompts in the dtype this one timed (a busy machine can time
+    # either way), so that the logits can match exactly.
+    dtype_name = str(quantization_tinygptv.many_rows_dtype()).removeprefix("torch.")
+    monkeypatch.setenv(quantization_tinygptv.MANY_ROWS_DTYPE_VARIABLE, dtype_name)
     folder = tmp_path / "int8"
     int8_model.save_pretrained(folder)
     AutoProcessor.from_pretrained(int8_model.name_or_path).save_pretrained(folder)
@@ -323,3 +332,28 @@ def test_weight_flags_of_chat_and_serve(command, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([command, "folder", "--int8", "--load-in-8bit"])
     assert "not allowed with argument --int8" in capsys.readouterr().err
+
+
+def test_many_rows_dtype_can_be_set_instead_of_timed(monkeypatch):
+    """The environment variable decides, so that every process of a busy machine uses the same arithmetic; a value
+    that is not a dtype the path supports is refused by name."""
+    for name in ("bfloat16", "float32"):
+        monkeypatch.setenv(quantization_tinygptv.MANY_ROWS_DTYPE_VARIABLE, name)
+        assert quantization_tinygptv.many_rows_dtype.__wrapped__() == getattr(torch, name)
+    monkeypatch.setenv(quantization_tinygptv.MANY_ROWS_DTYPE_VARIABLE, "float16")
+    with pytest.raises(ValueError, match="TINYGPTV_CPU_INT8_MANY_ROWS_DTYPE must be bfloat16 or float32"):
+        quantization_tinygptv.many_rows_dtype.__wrapped__()
+
+
+def test_loading_int8_runs_the_one_off_timings(tiny_checkpoint):
+    """The first request does not pay for the kernel timings: they run at load (the weights' pages are mapped
+    there too, `populate_pages`; its effect is a time, measured in docs/benchmarks.md)."""
+    timings = (
+        quantization_tinygptv.kernel_activation_dtype,
+        quantization_tinygptv.many_rows_dtype,
+        quantization_tinygptv.float32_linear_choice,
+    )
+    for timing in timings:
+        timing.cache_clear()
+    AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True)
+    assert [timing.cache_info().currsize for timing in timings] == [1, 1, 1]
