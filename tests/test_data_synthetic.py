@@ -48,8 +48,8 @@ def test_scenes_are_unambiguous_and_inside_the_image():
         cells = set()
         for shape in scene.shapes:
             x, y, w, h = shape.box
-            assert 0 <= x and x + w <= 224 and 0 <= y and y + h <= 224 and w == h == 63
-            assert x in (6, 80, 155) and y in (6, 80, 155)  # centred in a cell of the 3x3 grid
+            assert 0 <= x and x + w <= 224 and 0 <= y and y + h <= 224 and w == h == 56
+            assert x in (0, 84, 168) and y in (0, 84, 168)  # a cell of the 3x3 grid, on the 28-px patch lines
             cells.add((x, y))
         assert len(cells) == len(scene.shapes)
         for _, question, answer in scenes.questions(scene, rng):
