@@ -56,6 +56,24 @@ def test_scenes_are_unambiguous_and_inside_the_image():
             assert answer in scenes.VQA_ANSWERS, question
 
 
+def test_training_questions_ask_every_lookup_the_scene_allows():
+    rng = random.Random(1)
+    for image_id in range(100):
+        scene = scenes.make_scene(rng, image_id, 224)
+        asked = scenes.questions(scene, rng, every_lookup=True)
+        by_type = {kind: [(q, a) for t, q, a in asked if t == kind] for kind in scenes.QUESTION_TYPES}
+        assert sorted(by_type["colour"]) == sorted((f"What colour is the {s.kind}?", s.colour) for s in scene.shapes)
+        assert sorted(by_type["shape"]) == sorted(
+            (f"What shape is the {s.colour} object?", s.kind) for s in scene.shapes
+        )
+        names = {s.name for s in scene.shapes}
+        assert [a for _, a in by_type["exist"]] == ["yes", "no"]
+        assert [q.removeprefix("Is there a ").removesuffix("?") in names for q, _ in by_type["exist"]] == [True, False]
+        assert len(by_type["count"]) == 1 and len(by_type["position"]) <= 1
+        held_out = [t for t, _, _ in scenes.questions(scene, rng) if t != "position"]  # a random pair's columns
+        assert sorted(held_out) == ["colour", "count", "exist", "shape"]  # held-out sets: one of each type
+
+
 def read_all(stream, health):
     samples = [row for row in stream if health.admit(row)]
     assert samples and health.total_bad == health.total_dropped == 0

@@ -111,7 +111,7 @@ def _write_coco(folder, train, held_out, images, rng):
             "question_type": qtype,
         }
         for s in train
-        for i, (qtype, q, a) in enumerate(questions(s, rng))
+        for i, (qtype, q, a) in enumerate(questions(s, rng, every_lookup=True))
     ]
     detail = [
         {
