@@ -56,7 +56,7 @@ class DemoSize:
 FULL = DemoSize(
     n_train=3000,
     n_eval=100,
-    steps=(1500, 100, 100, 1200),
+    steps=(1500, 100, 100, 3000),
     batch_size=16,
     eval_questions=200,
     eval_refs=100,
