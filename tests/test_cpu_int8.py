@@ -256,6 +256,11 @@ def test_weights_the_kernel_cannot_read_in_place_are_copied_once(tmp_path):
     torch.testing.assert_close(layer(inputs), expected, rtol=2e-2, atol=2e-2 * expected.abs().max())
 
 
+def resident_file_mb() -> float:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["RssFile"].split()[0]) / 1024
+
+
 def test_released_pages_of_a_mapped_file_leave_resident_memory(tmp_path):
     path = tmp_path / "weights.safetensors"
     save_file({"weight": torch.arange(64 << 20, dtype=torch.int32).to(torch.int8)}, path)
@@ -263,14 +268,30 @@ def test_released_pages_of_a_mapped_file_leave_resident_memory(tmp_path):
         mapped = weights.get_slice("weight")[...]
     total = mapped.sum(dtype=torch.int64).item()  # every page read: resident
 
-    def resident_file_mb():
-        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-        return int(status["RssFile"].split()[0]) / 1024
-
     before = resident_file_mb()
     quantization_tinygptv.release_pages(mapped)
     assert resident_file_mb() < before - 48
     assert mapped.sum(dtype=torch.int64).item() == total  # read again from the file
+
+
+def test_page_advice_stays_inside_each_tensor_of_a_shared_mapping(tmp_path):
+    """Regression: a memory-mapped checkpoint's tensors can be views of one storage, the whole file. Releasing
+    the pages of one realigned layer released the whole file, whose pages the first request then faulted back in
+    (+3 s to the first token at full size); and mapping a model's pages must map its tensors, not the file."""
+    path = tmp_path / "checkpoint.bin"
+    path.write_bytes(bytes(128 << 20))
+    whole = torch.from_file(str(path), shared=True, size=128 << 20, dtype=torch.int8)
+    first = whole[: 64 << 20]  # the first of two "tensors" sharing the mapping
+    whole.sum(dtype=torch.int64)  # every page resident
+    before = resident_file_mb()
+    quantization_tinygptv.release_pages(first)
+    released = before - resident_file_mb()
+    assert 48 < released < 80, released  # the first half only
+    model = torch.nn.Module()
+    model.register_buffer("weight", first)
+    before = resident_file_mb()
+    quantization_tinygptv.populate_pages(model)
+    assert 48 < resident_file_mb() - before < 80
 
 
 def test_inputs_off_the_cpu_are_refused():
