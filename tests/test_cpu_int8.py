@@ -367,8 +367,9 @@ def test_many_rows_dtype_can_be_set_instead_of_timed(monkeypatch):
 
 
 def test_loading_int8_runs_the_one_off_timings(tiny_checkpoint):
-    """The first request does not pay for the kernel timings: they run at load (the weights' pages are mapped
-    there too, `populate_pages`; its effect is a time, measured in docs/benchmarks.md)."""
+    """The first request does not pay for the kernel timings its paths use: they run at load (the weights' pages
+    are mapped there too, `populate_pages`; its effect is a time, measured in docs/benchmarks.md). The float32 GEMM
+    choice is timed when prompts multiply in float32 (with bfloat16 they never use it)."""
     timings = (
         quantization_tinygptv.kernel_activation_dtype,
         quantization_tinygptv.many_rows_dtype,
@@ -377,4 +378,19 @@ def test_loading_int8_runs_the_one_off_timings(tiny_checkpoint):
     for timing in timings:
         timing.cache_clear()
     AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True)
-    assert [timing.cache_info().currsize for timing in timings] == [1, 1, 1]
+    assert [timing.cache_info().currsize for timing in timings[:2]] == [1, 1]
+
+
+@pytest.mark.parametrize("dtype_name, float32_timed", [("float32", 1), ("bfloat16", 0)])
+def test_the_float32_gemm_choice_is_timed_at_load_only_for_float32_prompts(
+    tiny_checkpoint, monkeypatch, dtype_name, float32_timed
+):
+    monkeypatch.setenv(quantization_tinygptv.MANY_ROWS_DTYPE_VARIABLE, dtype_name)
+    quantization_tinygptv.many_rows_dtype.cache_clear()
+    quantization_tinygptv.float32_linear_choice.cache_clear()
+    try:
+        AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True)
+        assert quantization_tinygptv.many_rows_dtype() == getattr(torch, dtype_name)
+        assert quantization_tinygptv.float32_linear_choice.cache_info().currsize == float32_timed
+    finally:
+        quantization_tinygptv.many_rows_dtype.cache_clear()  # later tests time this machine again

@@ -322,15 +322,23 @@ def align_weights(model: nn.Module) -> int:
     return copied
 
 
+@functools.cache
+def _madvise():
+    """libc's `madvise`, or None where there is none (not Linux)."""
+    return getattr(ctypes.CDLL(None), "madvise", None) if sys.platform == "linux" else None
+
+
 def _advise(tensor: torch.Tensor, advice: int) -> None:
-    """`madvise` on the pages wholly inside `tensor`'s own bytes (not its storage's: a memory-mapped checkpoint's
-    tensors can share one storage, the whole file); nothing happens where the call (or the advice, on an older
-    kernel) does not exist."""
-    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    """`madvise` on the pages wholly inside a contiguous `tensor`'s own bytes (not its storage's: a memory-mapped
+    checkpoint's tensors can share one storage, the whole file); nothing happens for a strided view, or where
+    the call (or the advice, on an older kernel) does not exist."""
+    madvise = _madvise()
+    if madvise is None or not tensor.is_contiguous():
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
     start = -(-tensor.data_ptr() // page) * page
     end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
-    madvise = getattr(ctypes.CDLL(None), "madvise", None) if sys.platform == "linux" else None
-    if madvise is not None and end > start:
+    if end > start:
         madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), advice)
 
 
@@ -348,11 +356,11 @@ def populate_pages(model: nn.Module) -> None:
 
 
 def warm_up(model: nn.Module) -> None:
-    """Do at load what the first request would otherwise pay for: the one-off kernel timings of this process and
-    the mapping of the weights' pages."""
+    """Do at load what the first request would otherwise pay for: the one-off kernel timings this process's
+    paths use and the mapping of the weights' pages."""
     kernel_activation_dtype()
-    many_rows_dtype()
-    float32_linear_choice()
+    if many_rows_dtype() == torch.float32:
+        float32_linear_choice()
     populate_pages(model)
 
 
