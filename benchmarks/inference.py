@@ -93,7 +93,7 @@ CPU_MODES = {
     ),
     "fp32-gemm-choice": Mode(
         "tinygptv", "random", torch.float32, gemm_choice=True,
-        what="float32, every Linear through the faster of MKL and oneDNN (plain weights) per row count",
+        what="float32, every Linear through use_cpu_gemm_choice (oneDNN-packed weights where faster here)",
     ),
     "fp32-packed": Mode(
         "tinygptv", "random", torch.float32, pack=True, what="float32, LM Linear weights pre-packed by oneDNN"
@@ -265,7 +265,7 @@ def apply_mode(model, mode: Mode):
     if mode.gemm_choice:
         from tinygptv_hf.modeling import use_cpu_gemm_choice
 
-        use_cpu_gemm_choice(model)
+        use_cpu_gemm_choice(model.requires_grad_(False))
     if mode.compile:
         compile_layers(model)
 

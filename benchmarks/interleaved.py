@@ -6,8 +6,8 @@ so that float32 and int8 fit in one process beside other work; a decode step's c
 Weights are random, float32 rounded through bf16 (those of `inference.py`'s checkpoints). The int8 model is built
 from the float32 one's weights with cpu_int8's own quantization and shares every unquantized tensor with it.
 
-Modes: `fp32` (stock `nn.Linear`), `fp32-gemm-choice` (the same model after `use_cpu_gemm_choice`: the faster of
-MKL and oneDNN per row count) and `cpu-int8`. Measured per round: image encoding at 224 px, time to first token
+Modes: `fp32` (stock `nn.Linear`), `fp32-gemm-choice` (the same model after `use_cpu_gemm_choice`: oneDNN on
+packed weights where that is faster here, else the faster of MKL and oneDNN per row count) and `cpu-int8`. Measured per round: image encoding at 224 px, time to first token
 of `generate` through `input_ids` + `pixel_values` (32 image + 23 text tokens), and decode steps at batch 1 and 8
 from the same prompt's embeddings.
 
@@ -47,14 +47,15 @@ def int8_twin(model):
 
 
 def set_gemm_choice(model, on: bool):
-    """`use_cpu_gemm_choice` and its undoing (the class swap is the only change it makes)."""
+    """`use_cpu_gemm_choice` and its undoing (plain weights again, stock class)."""
     from tinygptv_hf.modeling import CpuFloat32Linear, use_cpu_gemm_choice
 
     if on:
-        use_cpu_gemm_choice(model)
+        use_cpu_gemm_choice(model.requires_grad_(False))
     else:
         for module in model.modules():
             if type(module) is CpuFloat32Linear:
+                module.unpack()
                 module.__class__ = torch.nn.Linear
 
 

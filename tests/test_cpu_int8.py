@@ -4,6 +4,7 @@ the requests it refuses, and the chat's choice of weights."""
 
 import copy
 import json
+import weakref
 
 import pytest
 import torch
@@ -323,11 +324,77 @@ def test_float32_gemm_choice_computes_the_same_linear(rows):
     assert torch.equal(copy.deepcopy(layer).bfloat16()(half), copy.deepcopy(stock).bfloat16()(half))
 
 
+@pytest.fixture
+def packing_faster(monkeypatch):
+    """The machine's timing says packed weights are faster (on this project's CPUs it does; the decision itself is
+    a measurement, docs/benchmarks.md), so the packing path runs whatever a busy machine times."""
+    monkeypatch.setattr(quantization_tinygptv, "packed_weights_faster", lambda: True)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64, 257])
+def test_frozen_weights_are_packed_in_place_and_compute_the_same_linear(rows, packing_faster):
+    generator = torch.Generator().manual_seed(rows)
+    stock = torch.nn.Sequential(torch.nn.Linear(96, 80), torch.nn.GELU(), torch.nn.Linear(80, 40))
+    inputs = torch.randn(2, rows, 96, generator=generator)
+    with torch.no_grad():
+        expected = stock(inputs)
+    model = copy.deepcopy(stock).requires_grad_(False)
+    plain = weakref.ref(model[0].weight)
+    assert use_cpu_gemm_choice(model) == 2 and model[0].packed and model[2].packed
+    assert plain() is None  # the plain weight is gone: one copy of each weight
+    torch.testing.assert_close(model(inputs), expected, rtol=1e-5, atol=1e-5)  # grad mode on, nothing trains
+    # the state dict holds the plain weights, bit for bit, and loading one keeps the weights packed
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in stock.state_dict().items())
+    doubled = {name: 2 * value for name, value in stock.state_dict().items()}
+    model.load_state_dict(doubled)
+    assert model[0].packed and torch.equal(model.state_dict()["0.weight"], doubled["0.weight"])
+    # a product autograd records (an input that needs a gradient) goes through the plain weight
+    model.load_state_dict(stock.state_dict())
+    leaf, stock_leaf = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+    model(leaf).sum().backward()
+    stock(stock_leaf).sum().backward()
+    torch.testing.assert_close(leaf.grad, stock_leaf.grad)
+    # converting the model converts the plain weights; float32 on the CPU stays packed
+    model.to("cpu")
+    assert model[0].packed
+    half = inputs.bfloat16()
+    assert torch.equal(model.bfloat16()(half), copy.deepcopy(stock).bfloat16()(half))
+    assert not model[0].packed and model[0].weight.dtype == torch.bfloat16
+
+
+def test_trainable_and_shared_weights_stay_plain(packing_faster):
+    """oneDNN's product has no gradient, so a trainable weight is not packed (it must learn); a weight another
+    module also uses (a tied LM head) is not either, since the embedding reads it plain."""
+    embedding, head, trainable = torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50, bias=False), torch.nn.Linear(16, 16)
+    head.weight = embedding.weight
+    model = torch.nn.ModuleDict({"embedding": embedding, "head": head, "trainable": trainable})
+    for layer in (head, embedding):
+        layer.weight.requires_grad_(False)
+    use_cpu_gemm_choice(model)
+    assert not head.packed and not trainable.packed
+    assert model.head.weight is model.embedding.weight
+
+
+def test_a_model_with_packed_weights_saves_and_reloads_as_plain_weights(tiny_checkpoint, prompt, packing_faster, tmp_path):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval().requires_grad_(False)
+    with torch.no_grad():
+        expected = model(**prompt).logits
+    use_cpu_gemm_choice(model)
+    assert model.lm_head.packed and model.model.language_model.layers[0].mlp.fc1.packed
+    with torch.no_grad():
+        torch.testing.assert_close(model(**prompt).logits, expected, rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    for name, value in AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name
+
+
 def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tiny_model, prompt, tmp_path):
     model, _ = load_chat_model(str(tiny_checkpoint))
     assert isinstance(model.lm_head, CpuInt8Linear)
     model, _ = load_chat_model(str(tiny_checkpoint), "none")  # full weights, through the machine's faster GEMM
     assert type(model.lm_head) is CpuFloat32Linear
+    assert model.lm_head.packed == quantization_tinygptv.packed_weights_faster()  # a chat's weights are frozen
     assert model.state_dict().keys() == tiny_model.state_dict().keys()
     with torch.no_grad():
         torch.testing.assert_close(model(**prompt).logits, tiny_model(**prompt).logits, rtol=1e-4, atol=1e-5)

@@ -76,7 +76,7 @@ def load_chat_model(path: str, quantization: str | None = None):
             kwargs["quantization_config"] = BitsAndBytesConfig(**{f"load_in_{quantization}": True})
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
         if quantization == "none" and device == "cpu":
-            use_cpu_gemm_choice(model)
+            use_cpu_gemm_choice(model.requires_grad_(False))  # a chat trains nothing; frozen weights may be packed
         return model, AutoProcessor.from_pretrained(path)
     except OSError as error:  # transformers' word for "no such folder or Hub repository"
         raise FileNotFoundError(f"Cannot load a checkpoint from {path}: {error}") from error

@@ -24,6 +24,7 @@ scales with the config, so a saved folder loads int8 again without being asked.
 This file ships as remote code: it may import only pip packages and siblings in its own folder.
 """
 
+import collections
 import ctypes
 import functools
 import os
@@ -145,9 +146,24 @@ def fastest(calls: dict, rounds: int = 5) -> dict:
 CALIBRATION_ROWS = (1, 8, 64)
 
 
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's float32 inner product on the plain (unpacked) weight."""
+    """oneDNN's float32 inner product, on a plain weight or one packed by `onednn_packed`."""
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+def onednn_packed(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out, in) reordered into oneDNN's blocked layout for its inner product (a new tensor of the same
+    size; `to_dense()` gives the plain weight back, bit for bit)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+def phi2_mlp_weight() -> torch.Tensor:
+    """A weight of Phi-2's MLP (10240 x 2560, 105 MB): the calibrations' test piece."""
+    return torch.randn(10240, 2560) / 50
 
 
 @functools.cache
@@ -156,9 +172,9 @@ def float32_linear_choice() -> tuple[bool, ...]:
     timed once per process on one Phi-2 MLP weight. On the project's AMD EPYC (AVX2) MKL's path for a few rows
     moves about half the memory bandwidth and oneDNN 2-7x more rows per second; elsewhere it may be the other way
     round, so it is measured, not assumed."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+    if not onednn_available():
         return (False,) * len(CALIBRATION_ROWS)
-    weight = torch.randn(10240, 2560) / 50
+    weight = phi2_mlp_weight()
     choice = []
     for count in CALIBRATION_ROWS:
         rows = torch.randn(count, 2560)
@@ -169,6 +185,25 @@ def float32_linear_choice() -> tuple[bool, ...]:
         best = fastest(candidates, 3)
         choice.append(best[True] < best[False])
     return tuple(choice)
+
+
+@functools.cache
+def packed_weights_faster() -> bool:
+    """Whether oneDNN on a packed weight beats `float32_linear` on the plain one, on average over
+    `CALIBRATION_ROWS` (the ratio of times), timed once per process on one Phi-2 MLP weight. On the project's AMD
+    EPYC, with AVX-512 and limited to AVX2 alike, the packed product takes 0.7-0.8x the plain one's time at 8 and
+    64 rows and about the same at 1 row (docs/benchmarks.md)."""
+    if not onednn_available():
+        return False
+    weight = phi2_mlp_weight()
+    packed = onednn_packed(weight)
+    ratios = []
+    for count in CALIBRATION_ROWS:
+        rows = torch.randn(count, 2560)
+        best = fastest({"plain": lambda rows=rows: float32_linear(rows, weight),
+                        "packed": lambda rows=rows: onednn_linear(rows, packed, None)}, 3)
+        ratios.append(best["packed"] / best["plain"])
+    return sum(ratios) < len(ratios)
 
 
 # Names the many-rows path's dtype instead of timing it (`many_rows_dtype`).
@@ -215,25 +250,91 @@ def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 class CpuFloat32Linear(nn.Linear):
-    """`nn.Linear` whose float32 CPU inference goes through `float32_linear`; anything else (gradients, other
-    devices or dtypes) is stock `nn.Linear`."""
+    """`nn.Linear` whose float32 CPU inference goes through the faster GEMM of this machine: `float32_linear` on
+    the plain weight, or, once `pack()`ed, oneDNN on a frozen weight held in oneDNN's blocked layout (in place of
+    the plain one, never beside it). Anything else (other devices or dtypes, a product autograd records) is
+    stock `nn.Linear`, on the plain weight rebuilt for the call if packed. The state dict always holds the plain
+    weight, so saving and loading see an ordinary Linear."""
+
+    @property
+    def packed(self) -> bool:
+        return self.weight.is_mkldnn
+
+    def pack(self) -> None:
+        """Hold the weight in oneDNN's blocked layout; the plain weight's memory is freed (or, for a memory-mapped
+        checkpoint, its pages handed back to the kernel)."""
+        if self.packed:
+            return
+        plain = self.weight.detach()
+        self.weight = nn.Parameter(onednn_packed(plain), requires_grad=False)
+        release_pages(plain)
+
+    def unpack(self) -> None:
+        """Hold the weight plain again (still frozen)."""
+        if self.packed:
+            self.weight = nn.Parameter(self.weight.detach().to_dense(), requires_grad=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if hidden_states.device.type != "cpu" or {hidden_states.dtype, self.weight.dtype} != {torch.float32}:
+        cpu_float32 = hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32
+        if self.packed:
+            if cpu_float32 and not self._recorded(hidden_states):
+                return onednn_linear(hidden_states, self.weight, self.bias)
+            return F.linear(hidden_states, self.weight.to_dense().to(hidden_states), self.bias)
+        if not cpu_float32 or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu":
             return super().forward(hidden_states)
         rows = float32_linear(hidden_states.reshape(-1, self.in_features), self.weight, self.bias)
         return rows.view(*hidden_states.shape[:-1], self.out_features)
 
+    def _recorded(self, hidden_states: torch.Tensor) -> bool:
+        """Whether autograd would record this product (oneDNN's op has no gradient)."""
+        bias_trains = self.bias is not None and self.bias.requires_grad
+        return torch.is_grad_enabled() and (hidden_states.requires_grad or bias_trains)
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to()`, `.bfloat16()` and the like convert the plain weight (a packed one converts to nothing else);
+        one still float32 on the CPU is packed again."""
+        packed = self.packed
+        self.unpack()
+        super()._apply(fn, *args, **kwargs)
+        if packed and self.weight.dtype == torch.float32 and self.weight.device.type == "cpu":
+            self.pack()
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed:
+            destination[prefix + "weight"] = self.weight.detach().to_dense()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        packed = self.packed
+        self.unpack()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if packed:
+            self.pack()
+
 
 def use_cpu_gemm_choice(model: nn.Module) -> int:
-    """Make every plain `nn.Linear` of `model` a `CpuFloat32Linear` in place (same parameters, nothing copied,
-    same state dict): full-precision CPU inference at the faster GEMM of this machine. Returns how many. The
-    one-off timing runs here, not in the first request."""
+    """Make every plain `nn.Linear` of `model` a `CpuFloat32Linear` in place (same parameters, same state dict):
+    full-precision CPU inference at the faster GEMM of this machine. Where packed weights are faster here
+    (`packed_weights_faster`), each frozen float32 CPU weight is packed in place (freeze the model first,
+    `model.requires_grad_(False)`, for inference at full speed); trainable weights stay plain, since oneDNN's
+    product has no gradient, and so do weights shared with another module (tied embeddings), for their other
+    user. Returns how many layers. The one-off timings run here, not in the first request."""
     layers = [module for module in model.modules() if type(module) is nn.Linear]
     for layer in layers:
         layer.__class__ = CpuFloat32Linear
-    if layers:
-        float32_linear_choice()
+    if not layers:
+        return 0
+    float32_linear_choice()
+    if packed_weights_faster():
+        users = collections.Counter(id(weight) for _, weight in model.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.weight
+                packable = weight.dtype == torch.float32 and weight.device.type == "cpu" and not weight.requires_grad
+                if packable and users[id(weight)] == 1:
+                    layer.pack()
+                    return_freed_heap()  # at once: the peak stays the loaded model's
     return len(layers)
 
 
@@ -323,16 +424,25 @@ def align_weights(model: nn.Module) -> int:
 
 
 @functools.cache
-def _madvise():
-    """libc's `madvise`, or None where there is none (not Linux)."""
-    return getattr(ctypes.CDLL(None), "madvise", None) if sys.platform == "linux" else None
+def _libc_function(name: str):
+    """A function of the C library this process runs on (`madvise`, glibc's `malloc_trim`), or None where there
+    is none (not Linux, another C library)."""
+    return getattr(ctypes.CDLL(None), name, None) if sys.platform == "linux" else None
+
+
+def return_freed_heap() -> None:
+    """Hand the C heap's free memory back to the kernel (glibc's `malloc_trim`). Weights freed one at a time can
+    leave gigabytes free inside the heap yet resident (3.7 GB after packing the full-size model at once)."""
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(ctypes.c_size_t(0))
 
 
 def _advise(tensor: torch.Tensor, advice: int) -> None:
     """`madvise` on the pages wholly inside a contiguous `tensor`'s own bytes (not its storage's: a memory-mapped
     checkpoint's tensors can share one storage, the whole file); nothing happens for a strided view, or where
     the call (or the advice, on an older kernel) does not exist."""
-    madvise = _madvise()
+    madvise = _libc_function("madvise")
     if madvise is None or not tensor.is_contiguous():
         return
     page = os.sysconf("SC_PAGE_SIZE")
