@@ -398,6 +398,12 @@ def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tiny_model, prom
     assert model.state_dict().keys() == tiny_model.state_dict().keys()
     with torch.no_grad():
         torch.testing.assert_close(model(**prompt).logits, tiny_model(**prompt).logits, rtol=1e-4, atol=1e-5)
+    # full weights on a CPU are float32 whatever the checkpoint stores (bf16 has no fast kernel on AVX2-only CPUs)
+    bf16_folder = tmp_path / "bf16"
+    AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(bf16_folder)
+    AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(bf16_folder)
+    model, _ = load_chat_model(str(bf16_folder), "none")
+    assert model.lm_head.weight.dtype == torch.float32 and model.model.language_model.embed_tokens.weight.dtype == torch.float32
     # a folder saved quantized keeps its own quantization instead of failing on a second one
     bnb_folder = tmp_path / "bnb"
     AutoModelForImageTextToText.from_pretrained(

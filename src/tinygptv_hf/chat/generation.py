@@ -57,17 +57,19 @@ QUANTIZATIONS = ("int8", "none", "8bit", "4bit")
 
 def load_chat_model(path: str, quantization: str | None = None):
     """Model and processor from a checkpoint folder or Hub id. `quantization`: "int8" (`cpu_int8`: int8 weights,
-    the fastest on a CPU), "none" (the checkpoint's own weights; on a CPU through the faster float32 GEMM of the
-    machine), "8bit"/"4bit" (bitsandbytes); by default "int8" on a CPU and "none" on a GPU or for a checkpoint saved
-    already quantized."""
+    the fastest on a CPU), "none" (unquantized: on a CPU in float32 through the faster float32 GEMM of the machine,
+    since bf16 has no fast kernel on AVX2-only CPUs; on a GPU in the checkpoint's dtype), "8bit"/"4bit"
+    (bitsandbytes); by default "int8" on a CPU and "none" on a GPU or for a checkpoint saved already quantized."""
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}.")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        saved_quantized = getattr(AutoConfig.from_pretrained(path), "quantization_config", None) is not None
         if quantization is None:
-            saved_quantized = getattr(AutoConfig.from_pretrained(path), "quantization_config", None) is not None
             quantization = "int8" if device == "cpu" and not saved_quantized else "none"
         kwargs = {"device_map": device}
+        if quantization == "none" and device == "cpu" and not saved_quantized:
+            kwargs["dtype"] = torch.float32
         if quantization == "int8":
             if device != "cpu":
                 raise ValueError("int8 is the CPU mode; on a GPU use the default weights, 8bit or 4bit.")

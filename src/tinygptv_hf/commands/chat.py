@@ -9,7 +9,7 @@ def add_model_arguments(parser):
     weights = parser.add_mutually_exclusive_group()
     choices = [
         ("--int8", "int8", "int8 weights for fast CPU inference (cpu_int8; the default on a CPU)"),
-        ("--full-weights", "none", "the checkpoint's own weights, unquantized (the default on a GPU)"),
+        ("--full-weights", "none", "unquantized weights: float32 on a CPU, the checkpoint's dtype on a GPU (its default)"),
         ("--load-in-8bit", "8bit", "8bit weights (bitsandbytes)"),
         ("--load-in-4bit", "4bit", "4bit weights (bitsandbytes)"),
     ]
