@@ -295,6 +295,24 @@ def test_page_advice_stays_inside_each_tensor_of_a_shared_mapping(tmp_path):
     assert 48 < resident_file_mb() - before < 80
 
 
+def test_float32_conversion_hands_back_the_mapped_originals(tmp_path):
+    """`to_float32_in_place` on a memory-mapped bf16 checkpoint: float32 copies of the same values, and the mapped
+    pages leave resident memory as it goes (`model.float()` kept them: a full-size bf16 checkpoint peaked 7 GB
+    higher). Integer tensors (positions, masks) are left as they are."""
+    path = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.randn(4096, 8192).bfloat16(), "positions": torch.arange(16)}, path)
+    with safe_open(path, framework="pt") as weights:
+        layer = torch.nn.Linear(8192, 4096, bias=False)
+        layer.weight = torch.nn.Parameter(weights.get_tensor("weight"), requires_grad=False)
+        layer.register_buffer("positions", weights.get_tensor("positions"))
+    expected = layer.weight.float()  # every page read: resident
+    before = resident_file_mb()
+    assert quantization_tinygptv.to_float32_in_place(layer) is layer
+    assert resident_file_mb() < before - 48
+    assert layer.weight.dtype == torch.float32 and not layer.weight.requires_grad
+    assert torch.equal(layer.weight, expected) and layer.positions.dtype == torch.int64
+
+
 def test_inputs_off_the_cpu_are_refused():
     layer = int8_layer(torch.randn(8, 16), torch.zeros(8))
     with pytest.raises(RuntimeError, match="runs on the CPU only, but got inputs on meta"):

@@ -15,7 +15,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from ..modeling import use_cpu_gemm_choice
+from ..modeling import to_float32_in_place, use_cpu_gemm_choice
 from ..processors.templates import MAX_NEW_TOKENS
 
 
@@ -68,8 +68,6 @@ def load_chat_model(path: str, quantization: str | None = None):
         if quantization is None:
             quantization = "int8" if device == "cpu" and not saved_quantized else "none"
         kwargs = {"device_map": device}
-        if quantization == "none" and device == "cpu" and not saved_quantized:
-            kwargs["dtype"] = torch.float32
         if quantization == "int8":
             if device != "cpu":
                 raise ValueError("int8 is the CPU mode; on a GPU use the default weights, 8bit or 4bit.")
@@ -77,8 +75,9 @@ def load_chat_model(path: str, quantization: str | None = None):
         elif quantization in ("8bit", "4bit"):
             kwargs["quantization_config"] = BitsAndBytesConfig(**{f"load_in_{quantization}": True})
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
-        if quantization == "none" and device == "cpu":
-            use_cpu_gemm_choice(model.requires_grad_(False))  # a chat trains nothing; frozen weights may be packed
+        if quantization == "none" and device == "cpu" and not saved_quantized:
+            # a chat trains nothing, and frozen float32 weights may be packed
+            use_cpu_gemm_choice(to_float32_in_place(model.requires_grad_(False)))
         return model, AutoProcessor.from_pretrained(path)
     except OSError as error:  # transformers' word for "no such folder or Hub repository"
         raise FileNotFoundError(f"Cannot load a checkpoint from {path}: {error}") from error

@@ -3,7 +3,13 @@
 from .configuration_tinygptv import TinyGPTVConfig, TinyGPTVTextConfig
 from .modeling_tinygptv import TinyGPTVForConditionalGeneration, TinyGPTVModel, TinyGPTVPreTrainedModel
 from .modeling_tinygptv_phi import TinyGPTVDecoderLayer, TinyGPTVTextModel
-from .quantization_tinygptv import CpuFloat32Linear, CpuInt8Linear, TinyGPTVCpuInt8Config, use_cpu_gemm_choice
+from .quantization_tinygptv import (
+    CpuFloat32Linear,
+    CpuInt8Linear,
+    TinyGPTVCpuInt8Config,
+    to_float32_in_place,
+    use_cpu_gemm_choice,
+)
 
 __all__ = [
     "CpuFloat32Linear",
@@ -16,5 +22,6 @@ __all__ = [
     "TinyGPTVPreTrainedModel",
     "TinyGPTVTextConfig",
     "TinyGPTVTextModel",
+    "to_float32_in_place",
     "use_cpu_gemm_choice",
 ]

@@ -338,6 +338,25 @@ def use_cpu_gemm_choice(model: nn.Module) -> int:
     return len(layers)
 
 
+def to_float32_in_place(model: nn.Module) -> nn.Module:
+    """Every floating parameter and buffer of `model` in float32, converted one tensor at a time, the pages of each
+    memory-mapped original handed back at once; returns `model`. `from_pretrained(..., dtype=torch.float32)` and
+    `model.float()` keep a mapped checkpoint's pages resident beside the copies: a full-size bf16 checkpoint loaded
+    as float32 peaked at 23.0 GB, loaded as stored and converted this way at 16.0 GB (docs/benchmarks.md)."""
+    with torch.no_grad():
+        for module in model.modules():
+            for tensors in (module._parameters, module._buffers):
+                for name, tensor in tensors.items():
+                    if tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float32:
+                        continue
+                    converted = tensor.detach().float()
+                    if isinstance(tensor, nn.Parameter):
+                        converted = nn.Parameter(converted, requires_grad=tensor.requires_grad)
+                    tensors[name] = converted
+                    release_pages(tensor.detach())
+    return model
+
+
 class CpuInt8Linear(nn.Module):
     """`nn.Linear` with an int8 `weight` (out, in) and a float32 `weight_scale` (out,); bias stays float32."""
 
@@ -567,5 +586,6 @@ __all__ = [
     "TinyGPTVCpuInt8Config",
     "TinyGPTVCpuInt8Quantizer",
     "cpu_int8_config",
+    "to_float32_in_place",
     "use_cpu_gemm_choice",
 ]
