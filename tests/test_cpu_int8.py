@@ -295,22 +295,48 @@ def test_page_advice_stays_inside_each_tensor_of_a_shared_mapping(tmp_path):
     assert 48 < resident_file_mb() - before < 80
 
 
+def mapped_checkpoint(path, dtype: torch.dtype, elements: int) -> torch.Tensor:
+    """A file of `elements` random values mapped as one tensor, every page resident: what transformers' loader
+    leaves, each weight a view of the one mapping of its file, which stays mapped while any of them lives."""
+    generator = torch.Generator().manual_seed(0)
+    path.write_bytes(torch.randn(elements, generator=generator).to(dtype).view(torch.uint8).numpy().tobytes())
+    whole = torch.from_file(str(path), shared=False, size=elements, dtype=dtype)
+    whole.float().sum()
+    return whole
+
+
 def test_float32_conversion_hands_back_the_mapped_originals(tmp_path):
     """`to_float32_in_place` on a memory-mapped bf16 checkpoint: float32 copies of the same values, and the mapped
     pages leave resident memory as it goes (`model.float()` kept them: a full-size bf16 checkpoint peaked 7 GB
     higher). Integer tensors (positions, masks) are left as they are."""
-    path = tmp_path / "weights.safetensors"
-    save_file({"weight": torch.randn(4096, 8192).bfloat16(), "positions": torch.arange(16)}, path)
-    with safe_open(path, framework="pt") as weights:
-        layer = torch.nn.Linear(8192, 4096, bias=False)
-        layer.weight = torch.nn.Parameter(weights.get_tensor("weight"), requires_grad=False)
-        layer.register_buffer("positions", weights.get_tensor("positions"))
-    expected = layer.weight.float()  # every page read: resident
+    whole = mapped_checkpoint(tmp_path / "weights.bin", torch.bfloat16, 2 * (4096 * 8192))
+    layer = torch.nn.Linear(8192, 4096, bias=False)
+    layer.weight = torch.nn.Parameter(whole[: 4096 * 8192].view(4096, 8192), requires_grad=False)
+    layer.register_buffer("positions", torch.arange(16))
+    expected = layer.weight.float()
     before = resident_file_mb()
     assert quantization_tinygptv.to_float32_in_place(layer) is layer
-    assert resident_file_mb() < before - 48
+    assert 48 < before - resident_file_mb() < 80  # the weight's 64 MB, not the rest of the file
     assert layer.weight.dtype == torch.float32 and not layer.weight.requires_grad
     assert torch.equal(layer.weight, expected) and layer.positions.dtype == torch.int64
+
+
+def test_only_mapped_originals_are_released_and_tied_tensors_stay_tied(tmp_path, monkeypatch):
+    """Memory of the process's own (anonymous) is freed by dropping it; advising it out would write it to swap
+    where there is some. A tensor two modules share is converted once and stays shared."""
+    path = tmp_path / "weights.safetensors"
+    save_file({"mapped": torch.randn(64, 64).bfloat16()}, path)
+    with safe_open(path, framework="pt") as weights:
+        mapped = weights.get_tensor("mapped")
+    embedding, head = torch.nn.Embedding(64, 64).bfloat16(), torch.nn.Linear(64, 64).bfloat16()
+    head.weight = embedding.weight
+    model = torch.nn.ModuleDict({"embedding": embedding, "head": head, "mapped": torch.nn.Linear(64, 64)})
+    model.mapped.weight = torch.nn.Parameter(mapped)
+    released = []
+    monkeypatch.setattr(quantization_tinygptv, "release_pages", released.append)
+    quantization_tinygptv.to_float32_in_place(model)
+    assert [tensor.data_ptr() for tensor in released] == [mapped.data_ptr()]
+    assert model.head.weight is model.embedding.weight and model.head.weight.dtype == torch.float32
 
 
 def test_inputs_off_the_cpu_are_refused():
@@ -391,6 +417,18 @@ def test_trainable_and_shared_weights_stay_plain(packing_faster):
     use_cpu_gemm_choice(model)
     assert not head.packed and not trainable.packed
     assert model.head.weight is model.embedding.weight
+
+
+def test_packing_hands_back_the_pages_of_a_mapped_checkpoint(tmp_path, packing_faster):
+    whole = mapped_checkpoint(tmp_path / "weights.bin", torch.float32, 2 * 4096 * 4096)
+    layer = torch.nn.Linear(4096, 4096, bias=False)
+    layer.weight = torch.nn.Parameter(whole[: 4096 * 4096].view(4096, 4096), requires_grad=False)
+    inputs = torch.randn(3, 4096)
+    expected = F.linear(inputs, layer.weight)
+    before = resident_file_mb()
+    use_cpu_gemm_choice(layer)
+    assert layer.packed and 48 < before - resident_file_mb() < 80  # the weight's 64 MB, not the rest of the file
+    torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
 
 
 def test_a_model_with_packed_weights_saves_and_reloads_as_plain_weights(tiny_checkpoint, prompt, packing_faster, tmp_path):

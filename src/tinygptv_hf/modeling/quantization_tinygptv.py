@@ -24,6 +24,7 @@ scales with the config, so a saved folder loads int8 again without being asked.
 This file ships as remote code: it may import only pip packages and siblings in its own folder.
 """
 
+import bisect
 import collections
 import ctypes
 import functools
@@ -261,13 +262,10 @@ class CpuFloat32Linear(nn.Linear):
         return self.weight.is_mkldnn
 
     def pack(self) -> None:
-        """Hold the weight in oneDNN's blocked layout; the plain weight's memory is freed (or, for a memory-mapped
-        checkpoint, its pages handed back to the kernel)."""
-        if self.packed:
-            return
-        plain = self.weight.detach()
-        self.weight = nn.Parameter(onednn_packed(plain), requires_grad=False)
-        release_pages(plain)
+        """Hold the weight in oneDNN's blocked layout; the plain weight is dropped (a memory-mapped one's pages stay
+        resident until released: `use_cpu_gemm_choice` does)."""
+        if not self.packed:
+            self.weight = nn.Parameter(onednn_packed(self.weight), requires_grad=False)
 
     def unpack(self) -> None:
         """Hold the weight plain again (still frozen)."""
@@ -328,12 +326,14 @@ def use_cpu_gemm_choice(model: nn.Module) -> int:
     float32_linear_choice()
     if packed_weights_faster():
         users = collections.Counter(id(weight) for _, weight in model.named_parameters(remove_duplicate=False))
+        spans = mapped_file_spans()
         with torch.no_grad():
             for layer in layers:
-                weight = layer.weight
-                packable = weight.dtype == torch.float32 and weight.device.type == "cpu" and not weight.requires_grad
-                if packable and users[id(weight)] == 1:
+                plain = layer.weight
+                packable = plain.dtype == torch.float32 and plain.device.type == "cpu" and not plain.requires_grad
+                if packable and users[id(plain)] == 1:
                     layer.pack()
+                    release_mapped_pages(plain, spans)
                     return_freed_heap()  # at once: the peak stays the loaded model's
     return len(layers)
 
@@ -342,18 +342,22 @@ def to_float32_in_place(model: nn.Module) -> nn.Module:
     """Every floating parameter and buffer of `model` in float32, converted one tensor at a time, the pages of each
     memory-mapped original handed back at once; returns `model`. `from_pretrained(..., dtype=torch.float32)` and
     `model.float()` keep a mapped checkpoint's pages resident beside the copies: a full-size bf16 checkpoint loaded
-    as float32 peaked at 23.0 GB, loaded as stored and converted this way at 16.0 GB (docs/benchmarks.md)."""
+    as float32 peaked at 23.0 GB, loaded as stored and converted this way at 16.0 GB (docs/benchmarks.md). A
+    tensor several modules share (tied embeddings) stays one tensor."""
+    spans, converted = mapped_file_spans(), {}
     with torch.no_grad():
         for module in model.modules():
             for tensors in (module._parameters, module._buffers):
                 for name, tensor in tensors.items():
                     if tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float32:
                         continue
-                    converted = tensor.detach().float()
-                    if isinstance(tensor, nn.Parameter):
-                        converted = nn.Parameter(converted, requires_grad=tensor.requires_grad)
-                    tensors[name] = converted
-                    release_pages(tensor.detach())
+                    if id(tensor) not in converted:
+                        copy = tensor.detach().float()
+                        if isinstance(tensor, nn.Parameter):
+                            copy = nn.Parameter(copy, requires_grad=tensor.requires_grad)
+                        converted[id(tensor)] = copy
+                        release_mapped_pages(tensor, spans)
+                    tensors[name] = converted[id(tensor)]
     return model
 
 
@@ -491,6 +495,32 @@ def warm_up(model: nn.Module) -> None:
     if many_rows_dtype() == torch.float32:
         float32_linear_choice()
     populate_pages(model)
+
+
+def mapped_file_spans() -> list[tuple[int, int]]:
+    """The address ranges (start, end) of the files this process has memory-mapped, sorted (from
+    `/proc/self/maps`; none where it does not exist)."""
+    if not os.path.exists("/proc/self/maps"):
+        return []
+    spans = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            addresses, _, _, _, inode = line.split(maxsplit=5)[:5]
+            if inode != "0":
+                start, end = addresses.split("-")
+                spans.append((int(start, 16), int(end, 16)))
+    return sorted(spans)
+
+
+def release_mapped_pages(tensor: torch.Tensor, spans: list[tuple[int, int]]) -> None:
+    """`release_pages` for a tensor inside a memory-mapped file (`spans`: `mapped_file_spans()`); other memory is
+    left alone: it is freed when dropped, and `MADV_PAGEOUT` would first write it to swap, where there is some."""
+    if tensor.is_mkldnn or not tensor.numel():
+        return
+    start = tensor.data_ptr()
+    index = bisect.bisect_right(spans, (start, float("inf"))) - 1
+    if index >= 0 and start < spans[index][1]:
+        release_pages(tensor.detach())
 
 
 def release_pages(tensor: torch.Tensor) -> None:
