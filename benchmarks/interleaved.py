@@ -7,9 +7,9 @@ Weights are random, float32 rounded through bf16 (those of `inference.py`'s chec
 from the float32 one's weights with cpu_int8's own quantization and shares every unquantized tensor with it.
 
 Modes: `fp32` (stock `nn.Linear`), `fp32-gemm-choice` (the same model after `use_cpu_gemm_choice`: oneDNN on
-packed weights where that is faster here, else the faster of MKL and oneDNN per row count) and `cpu-int8`. Measured per round: image encoding at 224 px, time to first token
-of `generate` through `input_ids` + `pixel_values` (32 image + 23 text tokens), and decode steps at batch 1 and 8
-from the same prompt's embeddings.
+packed weights where that is faster here, else the faster of MKL and oneDNN per row count) and `cpu-int8`.
+Measured per round: image encoding at 224 px, time to first token of `generate` through `input_ids` +
+`pixel_values` (32 image + 23 text tokens), and decode steps at batch 1 and 8 from the same prompt's embeddings.
 
     python benchmarks/interleaved.py [--text-layers 8] [--rounds 3] [--new-tokens 8] [--output ratios.json]
 """
