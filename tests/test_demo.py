@@ -1,6 +1,7 @@
 """`tinygptv demo --quick` end to end in a fresh folder, and the evaluation harness on the demo's held-out sets."""
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
+
+from tinygptv_hf.data import scenes
+from tinygptv_hf.demo import pair_f1, word_f1
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +36,7 @@ def test_quick_demo_writes_every_stage_with_cards_plots_and_summary(demo):
     summary = json.loads((output / "summary.json").read_text())
     assert [row["stage"] for row in summary["stages"]] == [0, 1, 2, 3, 4]
     for row in summary["stages"]:
-        for key in ("vqa_accuracy", "refer_iou50", "caption_f1"):
+        for key in ("vqa_accuracy", "refer_iou50", "caption_f1", "caption_pairs"):
             assert 0.0 <= row[key] <= 1.0
         assert row["seconds"] >= 0
     assert all(row["loss"] > 0 for row in summary["stages"][1:])
@@ -97,6 +101,26 @@ def test_eval_harness_runs_on_the_demo_held_out_sets(demo, tmp_path):
     assert sorted(report["results"]) == ["gqa", "refcoco:val"]
     assert len(report["predictions"]) == 12
     assert report["model_index"][0]["results"]
+
+
+def test_caption_pairs_score_which_colour_goes_with_which_shape():
+    """Word F1 cannot see a colour given to the wrong shape; the pair score can. Every caption of the world names
+    each of its shapes' pairs."""
+    scene = scenes.Scene(1, 224, "white", (
+        scenes.Shape("red", "circle", (0, 0, 56, 56)), scenes.Shape("blue", "square", (168, 168, 56, 56)),
+    ))
+    reference = scenes.caption(scene)
+    assert reference == "a red circle in the top left and a blue square in the bottom right on a white background"
+    swapped = "a blue circle in the top left and a red square in the bottom right on a white background"
+    assert word_f1(swapped, reference) == 1.0 and pair_f1(swapped, reference) == 0.0
+    assert pair_f1(reference, reference) == 1.0
+    assert pair_f1("a red circle on a white background", reference) == pytest.approx(2 / 3)  # one of two, nothing wrong
+    assert pair_f1("a red circle and a green triangle", reference) == pytest.approx(0.5)  # one right, one invented
+    assert pair_f1("", reference) == 0.0
+    rng = random.Random(0)
+    for image_id in range(50):
+        scene = scenes.make_scene(rng, image_id)
+        assert scenes.named_pairs(scenes.caption(scene)) == {(s.colour, s.kind) for s in scene.shapes}
 
 
 def test_demo_refuses_a_folder_that_already_holds_files(tmp_path):

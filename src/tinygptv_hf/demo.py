@@ -28,6 +28,7 @@ from transformers.trainer_callback import ProgressCallback
 from .cards import recipe_card
 from .checkpoint import init_checkpoint
 from .data import blip_caption
+from .data.scenes import named_pairs
 from .data.synthetic import write_synthetic_world
 from .evaluation.answers import box_iou
 from .evaluation.refer import load_instances, load_refs
@@ -91,6 +92,15 @@ def word_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def pair_f1(prediction: str, reference: str) -> float:
+    """F1 of the colour-shape pairs a caption names against the reference's: where word F1 scores "a blue circle
+    and a red square" as perfect for "a red circle and a blue square", this scores it 0."""
+    predicted, expected = named_pairs(prediction), named_pairs(reference)
+    if not predicted or not expected:
+        return float(predicted == expected)
+    return 2 * len(predicted & expected) / (len(predicted) + len(expected))
 
 
 class HeldOut:
@@ -174,6 +184,8 @@ def evaluate_checkpoint(folder: Path, held_out: HeldOut, image_alone_captions: b
         "vqa_by_type": {kind: sum(hits) / len(hits) for kind, hits in sorted(by_type.items())},
         "refer_iou50": sum(iou >= 0.5 for iou in ious) / len(ious),
         "caption_f1": sum(word_f1(p, c[1]) for p, c in zip(captions, held_out.captions, strict=True))
+        / len(captions),
+        "caption_pairs": sum(pair_f1(p, c[1]) for p, c in zip(captions, held_out.captions, strict=True))
         / len(captions),
     }
 
@@ -319,13 +331,13 @@ def format_row(row: dict) -> str:
     loss = "-" if row["loss"] is None else f"{row['loss']:.3f}"
     return (
         f"{row['stage']:>5}  {row['seconds']:>7.0f}  {loss:>6}  {row['vqa_accuracy']:>6.1%}  "
-        f"{row['refer_iou50']:>9.1%}  {row['caption_f1']:>10.2f}  "
+        f"{row['refer_iou50']:>9.1%}  {row['caption_f1']:>10.2f}  {row['caption_pairs']:>13.2f}  "
         + " ".join(f"{kind}={value:.0%}" for kind, value in row["vqa_by_type"].items())
     )
 
 
 def format_table(rows: list[dict]) -> str:
-    header = "stage  seconds    loss     VQA  refer@0.5  caption F1  VQA by question type"
+    header = "stage  seconds    loss     VQA  refer@0.5  caption F1  caption pairs  VQA by question type"
     return "\n".join([header, *map(format_row, rows)])
 
 
@@ -397,7 +409,8 @@ def plot(histories: dict[int, list[dict]], rows: list[dict], output_dir: Path):
     for key, label in (
         ("vqa_accuracy", "VQA accuracy"),
         ("refer_iou50", "[refer] IoU>=0.5"),
-        ("caption_f1", "caption F1"),
+        ("caption_f1", "caption word F1"),
+        ("caption_pairs", "caption colour-shape pairs F1"),
     ):
         axis.plot(stages, [row[key] for row in rows], marker="o", label=label)
     axis.set(

@@ -9,6 +9,7 @@ cover whole squares of an 8x8 grid: the demo model's 28-px patches at 224 px.
 
 import io
 import random
+import re
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -120,6 +121,14 @@ def caption(scene: Scene) -> str:
     the vision side, in the stages that train it, where each shape is (later stages freeze it)."""
     shapes = [f"a {s.name} in the {_place(s, scene.size)}" for s in left_to_right(scene)]
     return f"{_join(shapes)} on a {scene.background} background"
+
+
+NAMED_PAIR = re.compile(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
+
+
+def named_pairs(text: str) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a text names, e.g. ``{("red", "circle")}`` for "a red circle in the centre"."""
+    return set(NAMED_PAIR.findall(text.lower()))
 
 
 def description(scene: Scene) -> str:
