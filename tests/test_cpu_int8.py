@@ -333,7 +333,7 @@ def test_only_mapped_originals_are_released_and_tied_tensors_stay_tied(tmp_path,
     model = torch.nn.ModuleDict({"embedding": embedding, "head": head, "mapped": torch.nn.Linear(64, 64)})
     model.mapped.weight = torch.nn.Parameter(mapped)
     released = []
-    monkeypatch.setattr(quantization_tinygptv, "release_pages", released.append)
+    monkeypatch.setattr(quantization_tinygptv, "_advise", lambda tensor, advice: released.append(tensor))
     quantization_tinygptv.to_float32_in_place(model)
     assert [tensor.data_ptr() for tensor in released] == [mapped.data_ptr()]
     assert model.head.weight is model.embedding.weight and model.head.weight.dtype == torch.float32
@@ -498,16 +498,12 @@ def test_many_rows_dtype_can_be_set_instead_of_timed(monkeypatch):
 def test_loading_int8_runs_the_one_off_timings(tiny_checkpoint):
     """The first request does not pay for the kernel timings its paths use: they run at load (the weights' pages
     are mapped there too, `populate_pages`; its effect is a time, measured in docs/benchmarks.md). The float32 GEMM
-    choice is timed when prompts multiply in float32 (with bfloat16 they never use it)."""
-    timings = (
-        quantization_tinygptv.kernel_activation_dtype,
-        quantization_tinygptv.many_rows_dtype,
-        quantization_tinygptv.float32_linear_choice,
-    )
+    choice is timed when prompts multiply in float32 (with bfloat16 they never use it: the next test)."""
+    timings = (quantization_tinygptv.kernel_activation_dtype, quantization_tinygptv.many_rows_dtype)
     for timing in timings:
         timing.cache_clear()
     AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True)
-    assert [timing.cache_info().currsize for timing in timings[:2]] == [1, 1]
+    assert [timing.cache_info().currsize for timing in timings] == [1, 1]
 
 
 @pytest.mark.parametrize("dtype_name, float32_timed", [("float32", 1), ("bfloat16", 0)])

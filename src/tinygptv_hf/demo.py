@@ -98,9 +98,8 @@ def pair_f1(prediction: str, reference: str) -> float:
     """F1 of the colour-shape pairs a caption names against the reference's: where word F1 scores "a blue circle
     and a red square" as perfect for "a red circle and a blue square", this scores it 0."""
     predicted, expected = named_pairs(prediction), named_pairs(reference)
-    if not predicted or not expected:
-        return float(predicted == expected)
-    return 2 * len(predicted & expected) / (len(predicted) + len(expected))
+    named = len(predicted) + len(expected)
+    return 2 * len(predicted & expected) / named if named else 1.0
 
 
 class HeldOut:
@@ -179,14 +178,13 @@ def evaluate_checkpoint(folder: Path, held_out: HeldOut, image_alone_captions: b
         processor.tokenizer.bos_token + IMAGE_TOKEN if image_alone_captions else chat_prompt(processor, None)
     )
     captions = answer(model, processor, paths, [caption_prompt] * len(paths), 24)
+    captioned = list(zip(captions, (reference for _, reference in held_out.captions), strict=True))
     return {
         "vqa_accuracy": sum(correct) / len(correct),
         "vqa_by_type": {kind: sum(hits) / len(hits) for kind, hits in sorted(by_type.items())},
         "refer_iou50": sum(iou >= 0.5 for iou in ious) / len(ious),
-        "caption_f1": sum(word_f1(p, c[1]) for p, c in zip(captions, held_out.captions, strict=True))
-        / len(captions),
-        "caption_pairs": sum(pair_f1(p, c[1]) for p, c in zip(captions, held_out.captions, strict=True))
-        / len(captions),
+        "caption_f1": sum(word_f1(said, truth) for said, truth in captioned) / len(captioned),
+        "caption_pairs": sum(pair_f1(said, truth) for said, truth in captioned) / len(captioned),
     }
 
 

@@ -239,13 +239,17 @@ def many_rows_dtype() -> torch.dtype:
     return torch.bfloat16 if best[torch.bfloat16] < 0.8 * best[torch.float32] else torch.float32
 
 
+def autograd_records(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record a product of `tensors` (oneDNN's ops have no gradient)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows. oneDNN's op
     has no gradient, so whenever autograd would record the product (a trainable weight counts as much as an
     input that needs a gradient) it is stock `F.linear`."""
     nearest = min(range(len(CALIBRATION_ROWS)), key=lambda i: abs(CALIBRATION_ROWS[i] - rows.shape[0]))
-    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (rows, weight, bias))
-    if float32_linear_choice()[nearest] and not recorded:
+    if float32_linear_choice()[nearest] and not autograd_records(rows, weight, bias):
         return onednn_linear(rows, weight, bias)
     return F.linear(rows, weight, bias)
 
@@ -275,18 +279,13 @@ class CpuFloat32Linear(nn.Linear):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         cpu_float32 = hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32
         if self.packed:
-            if cpu_float32 and not self._recorded(hidden_states):
+            if cpu_float32 and not autograd_records(hidden_states, self.bias):
                 return onednn_linear(hidden_states, self.weight, self.bias)
             return F.linear(hidden_states, self.weight.to_dense().to(hidden_states), self.bias)
         if not cpu_float32 or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu":
             return super().forward(hidden_states)
         rows = float32_linear(hidden_states.reshape(-1, self.in_features), self.weight, self.bias)
         return rows.view(*hidden_states.shape[:-1], self.out_features)
-
-    def _recorded(self, hidden_states: torch.Tensor) -> bool:
-        """Whether autograd would record this product (oneDNN's op has no gradient)."""
-        bias_trains = self.bias is not None and self.bias.requires_grad
-        return torch.is_grad_enabled() and (hidden_states.requires_grad or bias_trains)
 
     def _apply(self, fn, *args, **kwargs):
         """`.to()`, `.bfloat16()` and the like convert the plain weight (a packed one converts to nothing else);
@@ -317,14 +316,12 @@ def use_cpu_gemm_choice(model: nn.Module) -> int:
     (`packed_weights_faster`), each frozen float32 CPU weight is packed in place (freeze the model first,
     `model.requires_grad_(False)`, for inference at full speed); trainable weights stay plain, since oneDNN's
     product has no gradient, and so do weights shared with another module (tied embeddings), for their other
-    user. Returns how many layers. The one-off timings run here, not in the first request."""
+    user. Returns how many layers. The one-off timings (`packed_weights_faster`, which times `float32_linear` and so
+    its choice too) run here, not in the first request."""
     layers = [module for module in model.modules() if type(module) is nn.Linear]
     for layer in layers:
         layer.__class__ = CpuFloat32Linear
-    if not layers:
-        return 0
-    float32_linear_choice()
-    if packed_weights_faster():
+    if layers and packed_weights_faster():
         users = collections.Counter(id(weight) for _, weight in model.named_parameters(remove_duplicate=False))
         spans = mapped_file_spans()
         with torch.no_grad():
@@ -333,7 +330,7 @@ def use_cpu_gemm_choice(model: nn.Module) -> int:
                 packable = plain.dtype == torch.float32 and plain.device.type == "cpu" and not plain.requires_grad
                 if packable and users[id(plain)] == 1:
                     layer.pack()
-                    release_mapped_pages(plain, spans)
+                    release_pages(plain, spans)
                     return_freed_heap()  # at once: the peak stays the loaded model's
     return len(layers)
 
@@ -344,20 +341,23 @@ def to_float32_in_place(model: nn.Module) -> nn.Module:
     `model.float()` keep a mapped checkpoint's pages resident beside the copies: a full-size bf16 checkpoint loaded
     as float32 peaked at 23.0 GB, loaded as stored and converted this way at 16.0 GB (docs/benchmarks.md). A
     tensor several modules share (tied embeddings) stays one tensor."""
+    slots = [
+        (tensors, name, tensor)
+        for module in model.modules()
+        for tensors in (module._parameters, module._buffers)
+        for name, tensor in tensors.items()
+        if tensor is not None and tensor.is_floating_point() and tensor.dtype != torch.float32
+    ]
     spans, converted = mapped_file_spans(), {}
     with torch.no_grad():
-        for module in model.modules():
-            for tensors in (module._parameters, module._buffers):
-                for name, tensor in tensors.items():
-                    if tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float32:
-                        continue
-                    if id(tensor) not in converted:
-                        copy = tensor.detach().float()
-                        if isinstance(tensor, nn.Parameter):
-                            copy = nn.Parameter(copy, requires_grad=tensor.requires_grad)
-                        converted[id(tensor)] = copy
-                        release_mapped_pages(tensor, spans)
-                    tensors[name] = converted[id(tensor)]
+        for tensors, name, tensor in slots:
+            if id(tensor) not in converted:
+                copy = tensor.detach().float()
+                if isinstance(tensor, nn.Parameter):
+                    copy = nn.Parameter(copy, requires_grad=tensor.requires_grad)
+                converted[id(tensor)] = copy
+                release_pages(tensor, spans)
+            tensors[name] = converted[id(tensor)]
     return model
 
 
@@ -436,12 +436,12 @@ def align_weights(model: nn.Module) -> int:
     """Copy every int8 weight the kernel cannot read in place (a memory-mapped checkpoint aligns tensors to 8
     bytes) into memory of torch's own (64-byte aligned), one layer at a time, and hand the pages of the mapped
     copy back to the kernel, so the weights are held once; returns how many were copied."""
-    copied = 0
+    copied, spans = 0, mapped_file_spans()
     for module in model.modules():
         if isinstance(module, CpuInt8Linear) and module.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT:
             mapped = module.weight.data
             module.weight.data = mapped.clone()
-            release_pages(mapped)
+            release_pages(mapped, spans)
             copied += 1
     return copied
 
@@ -512,23 +512,19 @@ def mapped_file_spans() -> list[tuple[int, int]]:
     return sorted(spans)
 
 
-def release_mapped_pages(tensor: torch.Tensor, spans: list[tuple[int, int]]) -> None:
-    """`release_pages` for a tensor inside a memory-mapped file (`spans`: `mapped_file_spans()`); other memory is
-    left alone: it is freed when dropped, and `MADV_PAGEOUT` would first write it to swap, where there is some."""
+def release_pages(tensor: torch.Tensor, spans: list[tuple[int, int]] | None = None) -> None:
+    """Ask Linux to reclaim the pages wholly inside `tensor`'s memory (`MADV_PAGEOUT`) if it lies in a memory-mapped
+    file: clean file pages, which leave this process's resident memory and are read from the file again if ever
+    touched. Other memory is left alone: it is freed when dropped, and `MADV_PAGEOUT` would first write it to swap,
+    where there is some. `spans` (`mapped_file_spans()`) lets a caller releasing many tensors read the process's
+    mappings once; where the call does not exist nothing happens."""
     if tensor.is_mkldnn or not tensor.numel():
         return
+    spans = mapped_file_spans() if spans is None else spans
     start = tensor.data_ptr()
     index = bisect.bisect_right(spans, (start, float("inf"))) - 1
     if index >= 0 and start < spans[index][1]:
-        release_pages(tensor.detach())
-
-
-def release_pages(tensor: torch.Tensor) -> None:
-    """Ask Linux to reclaim the pages wholly inside `tensor`'s memory (`MADV_PAGEOUT`). For a memory-mapped
-    checkpoint these are clean file pages: they leave this process's resident memory and are read from the file
-    again if ever touched. Nothing is lost for any other memory either (without swap it stays where it is), and
-    where the call does not exist nothing happens."""
-    _advise(tensor, MADV_PAGEOUT)
+        _advise(tensor.detach(), MADV_PAGEOUT)
 
 
 def replace_linear_layers(model: nn.Module, config: TinyGPTVCpuInt8Config) -> list[str]:
