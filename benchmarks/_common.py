@@ -100,7 +100,9 @@ def peak_memory_gb() -> dict:
     peak = {"peak_rss_gb": kib * 1024 / 1e9}
     if status.exists():  # what is resident now: pages of mapped files (the weights) and anonymous memory
         now = {line.split(":")[0]: int(line.split()[1]) for line in status.open() if line.startswith("Rss")}
-        peak.update(rss_file_gb=now.get("RssFile", 0) * 1024 / 1e9, rss_anon_gb=now.get("RssAnon", 0) * 1024 / 1e9)
+        peak.update(
+            rss_file_gb=now.get("RssFile", 0) * 1024 / 1e9, rss_anon_gb=now.get("RssAnon", 0) * 1024 / 1e9
+        )
     if torch.cuda.is_available():
         peak["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return peak
@@ -154,13 +156,19 @@ def machine() -> dict:
         name = torch.cuda.get_device_name()
     else:
         name = next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open() if line.startswith("model name")),
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").open()
+                if line.startswith("model name")
+            ),
             platform.processor(),
         )
     flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0].split()
     return {
         "device": name,
-        "cpu_features": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags),
+        "cpu_features": " ".join(
+            f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags
+        ),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
@@ -178,10 +186,16 @@ def run_isolated(script: str, arguments: list[str], env: dict | None = None) -> 
     """Run `script arguments` in a fresh process (with `env` added to this one's environment), so that its peak
     memory is its own; return the JSON object on the last line of its output, or {"error": ...}."""
     result = subprocess.run(
-        [sys.executable, script, *arguments], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, script, *arguments],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
-        return {"error": f"killed by signal {-result.returncode} (out of memory?)" if result.returncode < 0
-                else (lines[-1] if lines else f"exit status {result.returncode}")}
+        return {
+            "error": f"killed by signal {-result.returncode} (out of memory?)"
+            if result.returncode < 0
+            else (lines[-1] if lines else f"exit status {result.returncode}")
+        }
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -76,40 +76,68 @@ LEAN_MALLOC = (("MALLOC_MMAP_THRESHOLD_", "65536"), ("MALLOC_TRIM_THRESHOLD_", "
 CPU_MODES = {
     "fp32": Mode("tinygptv", "random", torch.float32, what="everything float32, eager"),
     "cpu-int8": Mode(
-        "tinygptv", "cpu-int8", torch.float32,
+        "tinygptv",
+        "cpu-int8",
+        torch.float32,
         what="cpu_int8: every Linear int8 (per-channel scales, int8 kernel up to 16 rows), rest float32",
     ),
     "cpu-int8-lean": Mode(
-        "tinygptv", "cpu-int8", torch.float32, env=LEAN_MALLOC,
+        "tinygptv",
+        "cpu-int8",
+        torch.float32,
+        env=LEAN_MALLOC,
         what="cpu-int8, glibc malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0)",
     ),
     "torchao-int8": Mode(
-        "tinygptv", "bf16", torch.float32, torchao=True,
+        "tinygptv",
+        "bf16",
+        torch.float32,
+        torchao=True,
         what="TorchAoConfig(Int8WeightOnlyConfig()) at load, every Linear (LM head too), float32 activations, eager",
     ),
     "torchao-int8-compile": Mode(
-        "tinygptv", "bf16", torch.float32, torchao=True, compile=True,
+        "tinygptv",
+        "bf16",
+        torch.float32,
+        torchao=True,
+        compile=True,
         what="torchao int8 weight-only as above, decoder layers torch.compile'd (inductor freezing)",
     ),
     "fp32-gemm-choice": Mode(
-        "tinygptv", "random", torch.float32, gemm_choice=True,
+        "tinygptv",
+        "random",
+        torch.float32,
+        gemm_choice=True,
         what="float32, every Linear through use_cpu_gemm_choice (oneDNN-packed weights where faster here)",
     ),
     "fp32-packed": Mode(
         "tinygptv", "random", torch.float32, pack=True, what="float32, LM Linear weights pre-packed by oneDNN"
     ),
     "bf16": Mode("tinygptv", "bf16", torch.bfloat16, what="bf16 (Q-Former float32), eager"),
-    "int8": Mode("tinygptv", "int8", torch.bfloat16, what="every Linear bnb int8, rest bf16 (Q-Former norms fp32)"),
+    "int8": Mode(
+        "tinygptv", "int8", torch.bfloat16, what="every Linear bnb int8, rest bf16 (Q-Former norms fp32)"
+    ),
     "nf4": Mode("tinygptv", "nf4", torch.bfloat16, what="every Linear bnb nf4 + double quant, rest bf16"),
     "nf4-lean": Mode(
-        "tinygptv", "nf4", torch.bfloat16, repack_4bit=False, what="nf4 as above, weights used in place (no repack)"
+        "tinygptv",
+        "nf4",
+        torch.bfloat16,
+        repack_4bit=False,
+        what="nf4 as above, weights used in place (no repack)",
     ),
     "nf4-lean-malloc": Mode(
-        "tinygptv", "nf4", torch.bfloat16, repack_4bit=False, env=LEAN_MALLOC,
+        "tinygptv",
+        "nf4",
+        torch.bfloat16,
+        repack_4bit=False,
+        env=LEAN_MALLOC,
         what="nf4-lean, glibc malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0)",
     ),
     "int8-lean": Mode(
-        "tinygptv", "int8", torch.bfloat16, env=LEAN_MALLOC,
+        "tinygptv",
+        "int8",
+        torch.bfloat16,
+        env=LEAN_MALLOC,
         what="int8 as above, glibc malloc returning freed blocks (MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0)",
     ),
     "phi-fp32": Mode("phi", "random", torch.float32, what="stock PhiForCausalLM, float32, eager"),
@@ -222,15 +250,18 @@ def load(mode: Mode, root: Path, sizes: Sizes):
     if mode.source == "random":
         # The bf16 checkpoint's weights exactly, so that the logit drift of the modes loaded from it (or from the
         # checkpoints quantized from it) is theirs alone, not bf16's rounding of the weights.
-        return random_tinygptv(sizes.preset, mode.dtype, rounded_through=torch.bfloat16,
-                               text_config=sizes.text_overrides())[0]
+        return random_tinygptv(
+            sizes.preset, mode.dtype, rounded_through=torch.bfloat16, text_config=sizes.text_overrides()
+        )[0]
     extra = {}
     if mode.torchao:
         from torchao.quantization import Int8WeightOnlyConfig
         from transformers import TorchAoConfig
 
         # the LM head too (transformers leaves it out by default), as in every other quantized mode here
-        extra["quantization_config"] = TorchAoConfig(Int8WeightOnlyConfig(), include_input_output_embeddings=True)
+        extra["quantization_config"] = TorchAoConfig(
+            Int8WeightOnlyConfig(), include_input_output_embeddings=True
+        )
     model = AutoModelForImageTextToText.from_pretrained(
         root / f"{sizes.name}-{mode.source}", dtype=mode.dtype, device_map=device(), **extra
     )
@@ -239,7 +270,9 @@ def load(mode: Mode, root: Path, sizes: Sizes):
 
         for module in model.modules():
             if isinstance(module, Linear4bit):
-                module.support_avx512bf16_for_cpu = False  # what bitsandbytes does on CPUs without AVX512-BF16
+                module.support_avx512bf16_for_cpu = (
+                    False  # what bitsandbytes does on CPUs without AVX512-BF16
+                )
     return model
 
 
@@ -333,6 +366,7 @@ def count_flops(mode: Mode, sizes: Sizes, batch: int, image_size: int | None) ->
         model_class = TinyGPTVForConditionalGeneration
         config = sizes.config(image_size=image_size or 224)
         hidden = config.text_config.hidden_size
+
     # Meta tensors hold no data, so the mask code must not look into the all-ones masks to skip them.
     def never_skip(*args, **kwargs):
         return False
@@ -405,7 +439,9 @@ def generate(model, new_tokens: int, **inputs) -> tuple[torch.Tensor, list[float
     start = time.perf_counter()
     tokens = model.generate(
         **inputs,
-        attention_mask=torch.ones(batch, next(iter(inputs.values())).shape[1], dtype=torch.long, device=device()),
+        attention_mask=torch.ones(
+            batch, next(iter(inputs.values())).shape[1], dtype=torch.long, device=device()
+        ),
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         do_sample=False,
@@ -416,13 +452,19 @@ def generate(model, new_tokens: int, **inputs) -> tuple[torch.Tensor, list[float
     return tokens, [stamp - start for stamp in clock.stamps]
 
 
-def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: int, image_sizes: list[int]) -> dict:
+def measure(
+    mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: int, image_sizes: list[int]
+) -> dict:
     """One mode, in its own process: everything this mode's rows need except the floors."""
     mode = MODES[mode_name]
     start = time.perf_counter()
     model = load(mode, root, sizes).eval()
-    result = {"mode": mode_name, "what": mode.what, "load_s": time.perf_counter() - start,
-              "env": {name: os.environ.get(name) for name, _ in mode.env}}
+    result = {
+        "mode": mode_name,
+        "what": mode.what,
+        "load_s": time.perf_counter() - start,
+        "env": {name: os.environ.get(name) for name, _ in mode.env},
+    }
     result["footprint_gb"] = tensor_bytes(model) / 1e9
     apply_mode(model, mode)
     result["decode_bytes"] = {}
@@ -432,7 +474,9 @@ def measure(mode_name: str, root: Path, sizes: Sizes, new_tokens: int, repeats: 
         prompt = fixed_prompt(model, mode)
         if mode.model == "tinygptv":
             result["encode_flops"] = {224: count_flops(mode, sizes, 1, 224)}
-            result["encode_s"] = {224: seconds(lambda: model.get_image_features(prompt["pixel_values"]), repeats)}
+            result["encode_s"] = {
+                224: seconds(lambda: model.get_image_features(prompt["pixel_values"]), repeats)
+            }
             _, stamps = generate(model, 4, **prompt)  # the real image path, once
             result["generate_with_image"] = {"first_token_s": stamps[0], "new_tokens": len(stamps)}
         embeds = prompt_embeddings(model, mode, prompt)
@@ -492,7 +536,10 @@ def linear_kernels(budget_s: float = 2.0) -> dict:
     def layer(dtype=torch.float32):
         return torch.nn.Linear(2560, 10240).to(device(), dtype)
 
-    variants = {"float32 eager": (layer(), torch.float32), "bfloat16 eager": (layer(torch.bfloat16), torch.bfloat16)}
+    variants = {
+        "float32 eager": (layer(), torch.float32),
+        "bfloat16 eager": (layer(torch.bfloat16), torch.bfloat16),
+    }
     if device().type == "cpu":
         variants["float32 oneDNN-packed"] = (to_mkldnn(layer()), torch.float32)
         torch._inductor.config.freezing = True
@@ -552,16 +599,22 @@ def report(session: dict, model: str) -> str:
 
     def timed(times, flops, row):
         floor = flops / gflops(row) / 1e9
-        return (f"{statistics.median(times):.3g} s ({min(times):.3g}) | {floor:.3g} s | "
-                f"{floor / statistics.median(times):.0%}")
+        return (
+            f"{statistics.median(times):.3g} s ({min(times):.3g}) | {floor:.3g} s | "
+            f"{floor / statistics.median(times):.0%}"
+        )
 
     for row in rows:
         if "encode_s" in row:
             cells = [
-                timed(row["encode_s"][size], row["encode_flops"][size], row) if size in row["encode_s"] else "- | - | -"
+                timed(row["encode_s"][size], row["encode_flops"][size], row)
+                if size in row["encode_s"]
+                else "- | - | -"
                 for size in ("224", "448")
             ]
-            lines.append(f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {gflops(row):.0f} GFLOP/s |")
+            lines.append(
+                f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {gflops(row):.0f} GFLOP/s |"
+            )
     lines += [
         "",
         "| mode | prefill, 55 tokens | batch 1 | floor | reached | batch 8 | floor | reached | matmul |",
@@ -583,7 +636,9 @@ def report(session: dict, model: str) -> str:
             steps = row["decode_step_s"][batch]
             rate[batch] = int(batch) / statistics.median(steps)
             floor = int(batch) * bandwidth * 1e9 / row["decode_bytes"][batch]
-            cells.append(f"{rate[batch]:.3g} ({int(batch) / min(steps):.3g}) | {floor:.3g} | {rate[batch] / floor:.0%}")
+            cells.append(
+                f"{rate[batch]:.3g} ({int(batch) / min(steps):.3g}) | {floor:.3g} | {rate[batch] / floor:.0%}"
+            )
         lines.append(
             f"| {row['mode']} | {row['what']} | {' | '.join(cells)} | {rate['8'] / rate['1']:.1f}x | {bandwidth:.1f} GB/s |"
         )
@@ -596,10 +651,17 @@ def report(session: dict, model: str) -> str:
     ]
     for row in rows:
         drift = row.get("drift")
-        drift = (f"{drift['max_abs']:.3g} / {drift['relative_rms']:.2%} / {drift['top1_agreement']:.0%}"
-                 if drift else "-")
+        drift = (
+            f"{drift['max_abs']:.3g} / {drift['relative_rms']:.2%} / {drift['top1_agreement']:.0%}"
+            if drift
+            else "-"
+        )
         serving = row["peak_generation"]
-        gpu = f" (GPU {serving['peak_gpu_gb']:.2f} / {row['peak_gpu_gb']:.2f} GB)" if "peak_gpu_gb" in row else ""
+        gpu = (
+            f" (GPU {serving['peak_gpu_gb']:.2f} / {row['peak_gpu_gb']:.2f} GB)"
+            if "peak_gpu_gb" in row
+            else ""
+        )
         first = row.get("generate_with_image", {}).get("first_token_s")
         lines.append(
             f"| {row['mode']} | {serving['peak_rss_gb']:.2f} / {row['peak_rss_gb']:.2f} GB{gpu} | {row['footprint_gb']:.2f} GB | "
@@ -652,10 +714,15 @@ def drift_report(session: dict) -> str:
             lines.append(f"| {row['mode']} | failed: {row['error']} | | | | | |")
             continue
         drift = row.get("drift")
-        cells = (f"{drift['max_abs']:.3g} | {drift['relative_rms']:.2%} | {drift['top1_agreement']:.1%}"
-                 if drift else "reference | - | -")
-        lines.append(f"| {row['mode']} | {MODES[row['mode']].what} | {cells} | {row['footprint_gb']:.2f} GB | "
-                     f"{row['peak_rss_gb']:.2f} GB |")
+        cells = (
+            f"{drift['max_abs']:.3g} | {drift['relative_rms']:.2%} | {drift['top1_agreement']:.1%}"
+            if drift
+            else "reference | - | -"
+        )
+        lines.append(
+            f"| {row['mode']} | {MODES[row['mode']].what} | {cells} | {row['footprint_gb']:.2f} GB | "
+            f"{row['peak_rss_gb']:.2f} GB |"
+        )
     return "\n".join(lines)
 
 
@@ -671,12 +738,18 @@ def merge(sessions: list[dict]) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "run", "drift", "report", "measure", "logits", "quantize"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "command", choices=["prepare", "run", "drift", "report", "measure", "logits", "quantize"]
+    )
     parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="phi2")
     parser.add_argument("--text-layers", type=int, help="decoder layers, if not the preset's")
-    parser.add_argument("--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where checkpoints live")
+    parser.add_argument(
+        "--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where checkpoints live"
+    )
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -707,7 +780,10 @@ def main():
         if args.text_layers is not None:
             common += ["--text-layers", str(args.text_layers)]
         for mode in sorted(args.modes, key=lambda mode: mode != "fp32"):  # the reference first
-            row = {"mode": mode, **run_isolated(__file__, ["logits", mode, *common], env=dict(MODES[mode].env))}
+            row = {
+                "mode": mode,
+                **run_isolated(__file__, ["logits", mode, *common], env=dict(MODES[mode].env)),
+            }
             if "error" not in row and mode != "fp32":
                 reference = torch.load(logits_path(args.root, sizes, "fp32"))
                 row["drift"] = logit_drift(torch.load(logits_path(args.root, sizes, mode)), reference)
@@ -719,12 +795,25 @@ def main():
     else:
         session = {"machine": machine(), "model": sizes.name, "floors": floors(), "modes": []}
         print(json.dumps(session["floors"]), flush=True)
-        common = ["--root", str(args.root), "--preset", args.preset, "--new-tokens", str(args.new_tokens),
-                  "--repeats", str(args.repeats), "--sizes", *map(str, args.sizes)]
+        common = [
+            "--root",
+            str(args.root),
+            "--preset",
+            args.preset,
+            "--new-tokens",
+            str(args.new_tokens),
+            "--repeats",
+            str(args.repeats),
+            "--sizes",
+            *map(str, args.sizes),
+        ]
         if args.text_layers is not None:
             common += ["--text-layers", str(args.text_layers)]
         for mode in args.modes:
-            row = {"mode": mode, **run_isolated(__file__, ["measure", mode, *common], env=dict(MODES[mode].env))}
+            row = {
+                "mode": mode,
+                **run_isolated(__file__, ["measure", mode, *common], env=dict(MODES[mode].env)),
+            }
             session["modes"].append(row)
             print(json.dumps(row), flush=True)
             if args.output:

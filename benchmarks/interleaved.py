@@ -68,12 +68,16 @@ def measure_round(model, prompt, embeds, new_tokens: int) -> dict:
     for batch in (1, 8):
         _, stamps = generate(model, new_tokens, inputs_embeds=embeds.expand(batch, -1, -1).contiguous())
         result[f"prefill_{batch}_s"] = stamps[0]
-        result[f"decode_{batch}_steps_s"] = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
+        result[f"decode_{batch}_steps_s"] = [
+            later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)
+        ]
     return result
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="phi2")
     parser.add_argument("--text-layers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
@@ -81,10 +85,17 @@ def main():
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
 
-    session = {"machine": machine(), "preset": args.preset, "text_layers": args.text_layers,
-               "bandwidth_start": memory_bandwidth()}
+    session = {
+        "machine": machine(),
+        "preset": args.preset,
+        "text_layers": args.text_layers,
+        "bandwidth_start": memory_bandwidth(),
+    }
     fp32, _ = random_tinygptv(
-        args.preset, torch.float32, rounded_through=torch.bfloat16, text_config={"num_hidden_layers": args.text_layers}
+        args.preset,
+        torch.float32,
+        rounded_through=torch.bfloat16,
+        text_config={"num_hidden_layers": args.text_layers},
     )
     fp32.eval()
     int8 = int8_twin(fp32)

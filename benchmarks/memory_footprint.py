@@ -73,7 +73,12 @@ def main():
         )
     rows = []
     for mode in args.modes:
-        rows.append({"mode": mode, **run_isolated(__file__, ["--checkpoint", str(args.checkpoint), "--measure", mode])})
+        rows.append(
+            {
+                "mode": mode,
+                **run_isolated(__file__, ["--checkpoint", str(args.checkpoint), "--measure", mode]),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     print(f"\n{count_parameters(args.checkpoint) / 1e9:.3f} B parameters\n")

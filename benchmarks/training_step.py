@@ -54,9 +54,14 @@ def one_batch(model, tokenizer) -> dict:
         end_symbol=spec.end_symbol,
         max_text_length=spec.max_text_length,
     )
-    pixels = torch.randint(0, 256, (spec.image_size, spec.image_size, 3), generator=torch.Generator().manual_seed(0))
+    pixels = torch.randint(
+        0, 256, (spec.image_size, spec.image_size, 3), generator=torch.Generator().manual_seed(0)
+    )
     caption = "a small brown dog runs across a green field towards a red ball while two children watch " * 2
-    sample = {"image": Image.fromarray(pixels.to(torch.uint8).numpy()), "turns": [{"instruction": "", "answer": caption}]}
+    sample = {
+        "image": Image.fromarray(pixels.to(torch.uint8).numpy()),
+        "turns": [{"instruction": "", "answer": caption}],
+    }
     return {key: value.to(device()) for key, value in collator([sample]).items()}
 
 
@@ -114,9 +119,13 @@ def measure(mode: str, root: Path, preset: str, autocast: bool) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="phi2")
-    parser.add_argument("--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where `prepare` wrote")
+    parser.add_argument(
+        "--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where `prepare` wrote"
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     parser.add_argument("--output", type=Path, help="JSON file for the raw results")
     parser.add_argument("--measure", choices=MODES, help=argparse.SUPPRESS)
@@ -126,7 +135,10 @@ def main():
         print(json.dumps(measure(args.measure, args.root, args.preset, args.autocast)))
         return
 
-    rates = {str(dtype).removeprefix("torch."): matmul_throughput(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    rates = {
+        str(dtype).removeprefix("torch."): matmul_throughput(dtype)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
     autocast = rates["bfloat16"] > rates["float32"]
     session = {"machine": machine(), "matmul_gflops": rates, "modes": []}
     for mode in args.modes:
@@ -138,9 +150,13 @@ def main():
             args.output.write_text(json.dumps(session, indent=1))
 
     m = session["machine"]
-    print(f"\n{m['device']}, {m['cores']} cores, torch {m['torch']}, peft {m['peft']}, {m['date']}; matmul "
-          f"float32 {rates['float32']:.0f} GFLOP/s, bf16 {rates['bfloat16']:.0f} GFLOP/s; bf16 autocast: {autocast}\n")
-    print("| mode | trainable / all parameters | tokens | step 1 | step 2 | FLOPs | floor | reached | peak resident memory |")
+    print(
+        f"\n{m['device']}, {m['cores']} cores, torch {m['torch']}, peft {m['peft']}, {m['date']}; matmul "
+        f"float32 {rates['float32']:.0f} GFLOP/s, bf16 {rates['bfloat16']:.0f} GFLOP/s; bf16 autocast: {autocast}\n"
+    )
+    print(
+        "| mode | trainable / all parameters | tokens | step 1 | step 2 | FLOPs | floor | reached | peak resident memory |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in session["modes"]:
         if "error" in row:

@@ -68,7 +68,11 @@ def _folders_beside_repository() -> list[Path]:
 
 def _refuse_reads_outside_repository(forbidden: list[Path]):
     def hook(event: str, args: tuple) -> None:
-        if event not in ("open", "os.listdir", "os.scandir") or not args or not isinstance(args[0], (str, bytes, Path)):
+        if (
+            event not in ("open", "os.listdir", "os.scandir")
+            or not args
+            or not isinstance(args[0], (str, bytes, Path))
+        ):
             return
         path = os.fsdecode(args[0])
         if not os.path.isabs(path):
@@ -76,7 +80,9 @@ def _refuse_reads_outside_repository(forbidden: list[Path]):
         path = Path(os.path.normpath(path))
         for folder in forbidden:
             if path == folder or folder in path.parents:
-                raise PermissionError(f"A test read {path}, outside the repository; ship what it needs inside it")
+                raise PermissionError(
+                    f"A test read {path}, outside the repository; ship what it needs inside it"
+                )
 
     return hook
 

@@ -178,7 +178,9 @@ class SyntheticRelease:
         ).to_dict()
         if fused:  # the 4.36 config.json layout: flat rope fields
             phi.pop("rope_parameters", None)
-            phi.update(partial_rotary_factor=text.rope_parameters["partial_rotary_factor"], rope_theta=10000.0)
+            phi.update(
+                partial_rotary_factor=text.rope_parameters["partial_rotary_factor"], rope_theta=10000.0
+            )
             phi["transformers_version"] = "4.35.2"
         (folder / "config.json").write_text(json.dumps(phi))
         tokenizer.save_pretrained(folder)

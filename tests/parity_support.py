@@ -47,9 +47,15 @@ class ParityCase:
         return self.meta["tokenizer_stand_in"]
 
     def config(self) -> TinyGPTVConfig:
-        vision, bert, phi = self.meta["vision"], self.meta["qformer"]["bert_config"], self.meta["phi"]["config"]
+        vision, bert, phi = (
+            self.meta["vision"],
+            self.meta["qformer"]["bert_config"],
+            self.meta["phi"]["config"],
+        )
         qformer = self.meta["qformer"]
-        image_token_id = phi["vocab_size"]  # the stand-in has no placeholder token: any id outside the vocabulary
+        image_token_id = phi[
+            "vocab_size"
+        ]  # the stand-in has no placeholder token: any id outside the vocabulary
         return TinyGPTVConfig(
             vision_config=dict(
                 hidden_size=vision["embed_dim"],

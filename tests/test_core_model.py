@@ -70,7 +70,9 @@ def test_lm_head_gets_contiguous_rows_when_logits_are_kept(tiny_model, tiny_proc
     images = [random_image(index, 40 + 13 * index, 50) for index in range(len(PROMPTS))]
     batch = tiny_processor(images=images, text=PROMPTS, padding=True, return_tensors="pt")
     seen = []
-    hook = tiny_model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    hook = tiny_model.lm_head.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous())
+    )
     try:
         full = tiny_model(**batch).logits
         last = tiny_model(**batch, logits_to_keep=1).logits
@@ -304,7 +306,8 @@ def test_sincos_init_does_not_overwrite_loaded_weights(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = TinyGPTVForConditionalGeneration.from_pretrained(tmp_path)
     assert torch.equal(
-        loaded.model.vision_model.embeddings.position_embedding, model.model.vision_model.embeddings.position_embedding
+        loaded.model.vision_model.embeddings.position_embedding,
+        model.model.vision_model.embeddings.position_embedding,
     )
 
 
@@ -316,5 +319,7 @@ def test_config_names_an_unknown_position_init():
 def test_tiny_tokenizer_has_one_token_per_box_coordinate():
     tokenizer = build_tiny_tokenizer()
     for number in range(101):
-        pieces = tokenizer.convert_ids_to_tokens(tokenizer(f"<{number}>", add_special_tokens=False)["input_ids"])
+        pieces = tokenizer.convert_ids_to_tokens(
+            tokenizer(f"<{number}>", add_special_tokens=False)["input_ids"]
+        )
         assert pieces == ["<", str(number), ">"], number

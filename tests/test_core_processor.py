@@ -61,7 +61,12 @@ def test_grey_and_rgba_arrays_and_tensors_convert_as_pil_images_do(mode):
     pixels = np.asarray(image)
     channels_last = pixels if pixels.ndim == 3 else pixels[..., None]
     channels_first = np.ascontiguousarray(channels_last.transpose(2, 0, 1))
-    variants = [channels_last, channels_first, torch.from_numpy(channels_last), torch.from_numpy(channels_first)]
+    variants = [
+        channels_last,
+        channels_first,
+        torch.from_numpy(channels_last),
+        torch.from_numpy(channels_first),
+    ]
     expected = process(image)
     for variant in variants:
         np.testing.assert_array_equal(process(variant), expected)
@@ -320,7 +325,9 @@ def test_pipeline_on_a_saved_folder(tiny_checkpoint, tiny_model, tiny_processor,
 def test_call_is_typed_as_transformers_processors_are():
     # transformers reads these annotations to know which inputs a processor takes (its common processor tests do).
     parameters = inspect.signature(TinyGPTVProcessor.__call__).parameters
-    assert {name for name, parameter in parameters.items() if parameter.annotation is not parameter.empty} == {
+    assert {
+        name for name, parameter in parameters.items() if parameter.annotation is not parameter.empty
+    } == {
         "images",
         "text",
         "kwargs",
@@ -370,7 +377,10 @@ def test_assistant_tokens_mask_is_the_answers_and_their_end_symbols(tiny_process
     """`{% generation %}` marks what TRL's `assistant_only_loss` trains: each answer with the `###` that ends it,
     nothing of the prompts or the 32 image tokens."""
     messages = [
-        {"role": "user", "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": QUESTION}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": QUESTION}],
+        },
         {"role": "assistant", "content": "A cat."},
         user("Why?", image=False),
         {"role": "assistant", "content": [{"type": "text", "text": "Because."}]},
@@ -410,7 +420,9 @@ def test_normalisation_is_the_backends_bit_for_bit():
         normalize = PilBackend.normalize
 
     images = [random_image(seed, width=40 + seed, height=30) for seed in range(3)]
-    ours = TinyGPTVImageProcessor(size={"height": 56, "width": 56})(images, return_tensors="np")["pixel_values"]
+    ours = TinyGPTVImageProcessor(size={"height": 56, "width": 56})(images, return_tensors="np")[
+        "pixel_values"
+    ]
     theirs = BackendNormalize(size={"height": 56, "width": 56})(images, return_tensors="np")["pixel_values"]
     assert ours.dtype == theirs.dtype == np.float32
     np.testing.assert_array_equal(ours, theirs)

@@ -58,7 +58,9 @@ def test_layer_matches_float32_arithmetic_on_both_paths(rows, width, monkeypatch
     output = layer(inputs)
     assert output.shape == (2, rows, 40) and output.dtype == torch.float32
     kernel = 2 * rows <= layer.max_decode_rows and width % 16 == 0
-    dtype = quantization_tinygptv.kernel_activation_dtype() if kernel else quantization_tinygptv.many_rows_dtype()
+    dtype = (
+        quantization_tinygptv.kernel_activation_dtype() if kernel else quantization_tinygptv.many_rows_dtype()
+    )
     tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(output, expected, rtol=tolerance, atol=tolerance * expected.abs().max())
     # and both are close to the float32 layer the weights came from
@@ -112,7 +114,10 @@ def prompt(tiny_checkpoint, image_files):
     messages = [
         {
             "role": "user",
-            "content": [{"type": "image", "path": str(image_files[0])}, {"type": "text", "text": "what is it"}],
+            "content": [
+                {"type": "image", "path": str(image_files[0])},
+                {"type": "text", "text": "what is it"},
+            ],
         }
     ]
     return processor.apply_chat_template(
@@ -124,7 +129,13 @@ def test_every_linear_layer_is_int8_and_the_rest_float32(int8_model):
     layers = [module for module in int8_model.modules() if isinstance(module, torch.nn.Linear)]
     assert not layers, "a Linear layer was left in float32"
     quantized = [name for name, module in int8_model.named_modules() if isinstance(module, CpuInt8Linear)]
-    for part in ("lm_head", "language_model.layers.0.mlp.fc1", "vision_model.encoder", "qformer", "projector"):
+    for part in (
+        "lm_head",
+        "language_model.layers.0.mlp.fc1",
+        "vision_model.encoder",
+        "qformer",
+        "projector",
+    ):
         assert any(part in name for name in quantized), part
     float_tensors = [t for t in int8_model.state_dict().values() if t.is_floating_point()]
     assert {t.dtype for t in float_tensors} == {torch.float32}
@@ -147,7 +158,9 @@ def test_logits_and_greedy_tokens_follow_float32(tiny_model, int8_model, prompt)
     assert torch.equal(int8_model.generate(**batch, **settings), reference.expand(6, -1))
 
 
-def test_logits_stay_at_least_as_close_to_float32_as_bitsandbytes_int8(tiny_checkpoint, tiny_model, int8_model, prompt):
+def test_logits_stay_at_least_as_close_to_float32_as_bitsandbytes_int8(
+    tiny_checkpoint, tiny_model, int8_model, prompt
+):
     """The mode's quality bar: on the same image prompt, its logits drift from float32 no more than those of
     bitsandbytes' int8 with the same layers quantized (every Linear), by relative RMS and by top-1 agreement.
     (Here about 1.6% against 2.1%, and 98% against 95% of positions; benchmarks/inference.py drift measures the
@@ -205,11 +218,15 @@ def test_a_bf16_checkpoint_loads_int8_with_float32_around_it(tiny_checkpoint, in
     folder = tmp_path / "bf16"
     AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))  # as a Hub bf16 folder says
+    (folder / "config.json").write_text(
+        json.dumps({**config, "dtype": "bfloat16"})
+    )  # as a Hub bf16 folder says
     model = AutoModelForImageTextToText.from_pretrained(folder, cpu_int8=True).eval()
     assert model.get_input_embeddings().weight.dtype == torch.float32
     with torch.no_grad():
-        relative = (model(**prompt).logits - int8_model(**prompt).logits).norm() / int8_model(**prompt).logits.norm()
+        relative = (model(**prompt).logits - int8_model(**prompt).logits).norm() / int8_model(
+            **prompt
+        ).logits.norm()
     assert relative < 0.02  # bf16 rounding of the weights is all that differs
 
 
@@ -224,7 +241,8 @@ def test_requests_it_cannot_serve_are_refused(tiny_checkpoint, tmp_path):
         AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True, device_map="cuda")
     with pytest.raises(ValueError, match="no Linear layer to quantize"):
         AutoModelForImageTextToText.from_pretrained(
-            tiny_checkpoint, quantization_config=TinyGPTVCpuInt8Config(modules_to_not_convert=["model", "lm_head"])
+            tiny_checkpoint,
+            quantization_config=TinyGPTVCpuInt8Config(modules_to_not_convert=["model", "lm_head"]),
         )
     with pytest.raises(ValueError, match="max_decode_rows must be a non-negative integer"):
         TinyGPTVCpuInt8Config(max_decode_rows=-1)
@@ -409,7 +427,11 @@ def test_frozen_weights_are_packed_in_place_and_compute_the_same_linear(rows, pa
 def test_trainable_and_shared_weights_stay_plain(packing_faster):
     """oneDNN's product has no gradient, so a trainable weight is not packed (it must learn); a weight another
     module also uses (a tied LM head) is not either, since the embedding reads it plain."""
-    embedding, head, trainable = torch.nn.Embedding(50, 16), torch.nn.Linear(16, 50, bias=False), torch.nn.Linear(16, 16)
+    embedding, head, trainable = (
+        torch.nn.Embedding(50, 16),
+        torch.nn.Linear(16, 50, bias=False),
+        torch.nn.Linear(16, 16),
+    )
     head.weight = embedding.weight
     model = torch.nn.ModuleDict({"embedding": embedding, "head": head, "trainable": trainable})
     for layer in (head, embedding):
@@ -427,11 +449,15 @@ def test_packing_hands_back_the_pages_of_a_mapped_checkpoint(tmp_path, packing_f
     expected = F.linear(inputs, layer.weight)
     before = resident_file_mb()
     use_cpu_gemm_choice(layer)
-    assert layer.packed and 48 < before - resident_file_mb() < 80  # the weight's 64 MB, not the rest of the file
+    assert (
+        layer.packed and 48 < before - resident_file_mb() < 80
+    )  # the weight's 64 MB, not the rest of the file
     torch.testing.assert_close(layer(inputs), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
 
 
-def test_a_model_with_packed_weights_saves_and_reloads_as_plain_weights(tiny_checkpoint, prompt, packing_faster, tmp_path):
+def test_a_model_with_packed_weights_saves_and_reloads_as_plain_weights(
+    tiny_checkpoint, prompt, packing_faster, tmp_path
+):
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval().requires_grad_(False)
     with torch.no_grad():
         expected = model(**prompt).logits
@@ -448,18 +474,27 @@ def test_a_model_with_packed_weights_saves_and_reloads_as_plain_weights(tiny_che
 def test_chat_loads_int8_by_default_on_the_cpu(tiny_checkpoint, tiny_model, prompt, tmp_path):
     model, _ = load_chat_model(str(tiny_checkpoint))
     assert isinstance(model.lm_head, CpuInt8Linear)
-    model, _ = load_chat_model(str(tiny_checkpoint), "none")  # full weights, through the machine's faster GEMM
+    model, _ = load_chat_model(
+        str(tiny_checkpoint), "none"
+    )  # full weights, through the machine's faster GEMM
     assert type(model.lm_head) is CpuFloat32Linear
-    assert model.lm_head.packed == quantization_tinygptv.packed_weights_faster()  # a chat's weights are frozen
+    assert (
+        model.lm_head.packed == quantization_tinygptv.packed_weights_faster()
+    )  # a chat's weights are frozen
     assert model.state_dict().keys() == tiny_model.state_dict().keys()
     with torch.no_grad():
         torch.testing.assert_close(model(**prompt).logits, tiny_model(**prompt).logits, rtol=1e-4, atol=1e-5)
     # full weights on a CPU are float32 whatever the checkpoint stores (bf16 has no fast kernel on AVX2-only CPUs)
     bf16_folder = tmp_path / "bf16"
-    AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(bf16_folder)
+    AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(
+        bf16_folder
+    )
     AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(bf16_folder)
     model, _ = load_chat_model(str(bf16_folder), "none")
-    assert model.lm_head.weight.dtype == torch.float32 and model.model.language_model.embed_tokens.weight.dtype == torch.float32
+    assert (
+        model.lm_head.weight.dtype == torch.float32
+        and model.model.language_model.embed_tokens.weight.dtype == torch.float32
+    )
     # a folder saved quantized keeps its own quantization instead of failing on a second one
     bnb_folder = tmp_path / "bnb"
     AutoModelForImageTextToText.from_pretrained(

@@ -82,8 +82,13 @@ def test_a_garbage_first_shard_does_not_break_the_stream(tmp_path):
 def test_malformed_json_records_are_skipped_and_counted(tmp_path):
     (tmp_path / "image").mkdir()
     (tmp_path / "image" / "1.jpg").write_bytes(jpeg_bytes())
-    annotations = [{"image_id": "1", "caption": "good"}, {"image_id": "1"}, "junk",
-                   {"image_id": "404", "caption": "no image"}, {"image_id": "1", "caption": "good too"}]
+    annotations = [
+        {"image_id": "1", "caption": "good"},
+        {"image_id": "1"},
+        "junk",
+        {"image_id": "404", "caption": "no image"},
+        {"image_id": "1", "caption": "good too"},
+    ]
     (tmp_path / "filter_cap.json").write_text(json.dumps({"annotations": annotations}))
     health = data.DataHealth(max_bad_samples=3)
     assert captions(data.read_cc_sbu_align(tmp_path), health) == ["good", "good too"]
@@ -119,7 +124,9 @@ def test_one_health_counts_every_source_of_a_mix_and_one_budget_stops_it(tmp_pat
     assert health.bad == {"laion": 1, "cc_sbu": 2} and health.samples["cc_sbu"] == 1
     assert health.total_samples == len(read) and set(read) >= {"l1", "l3", "l4", "c2"}
     assert [line.split(":")[0] for line in caplog.messages] == [
-        "Skipped bad sample 1/3", "Skipped bad sample 2/3", "Skipped bad sample 3/3"
+        "Skipped bad sample 1/3",
+        "Skipped bad sample 2/3",
+        "Skipped bad sample 3/3",
     ]
 
     stream = data.TrainingStream(mixed_sources(tmp_path), health=data.DataHealth(max_bad_samples=2))
@@ -131,8 +138,10 @@ def test_one_health_counts_every_source_of_a_mix_and_one_budget_stops_it(tmp_pat
 
 def test_dropped_records_are_counted_per_source_and_an_empty_source_is_reported(tmp_path, caplog):
     (tmp_path / "images").mkdir()  # exists, but holds none of the questions' images
-    questions = [{"image": f"COCO_train2014_{i}.jpg", "question": "what?", "question_id": i, "answer": ["x"]}
-                 for i in range(data.health.EMPTY_SOURCE_RECORDS + 20)]
+    questions = [
+        {"image": f"COCO_train2014_{i}.jpg", "question": "what?", "question_id": i, "answer": ["x"]}
+        for i in range(data.health.EMPTY_SOURCE_RECORDS + 20)
+    ]
     (tmp_path / "vqa.json").write_text(json.dumps(questions))
     mix = data.mix_datasets(
         [

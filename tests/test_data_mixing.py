@@ -20,15 +20,19 @@ def constant(name, n):
 
 
 def test_mixing_ratios_hold_over_many_draws():
-    mixed = data.mix_datasets([(constant("a", 5000), 115), (constant("b", 5000), 14)], seed=0,
-                              stopping_strategy="first_exhausted")
+    mixed = data.mix_datasets(
+        [(constant("a", 5000), 115), (constant("b", 5000), 14)], seed=0, stopping_strategy="first_exhausted"
+    )
     sources = [s["source"] for _, s in zip(range(4000), mixed, strict=False)]
     assert abs(sources.count("a") / len(sources) - 115 / 129) < 0.02
 
 
 def test_mixing_accepts_a_mapping_and_rejects_bad_ratios():
-    mixed = data.mix_datasets({"a": (constant("a", 1000), 1), "b": (constant("b", 1000), 3)}, seed=1,
-                              stopping_strategy="first_exhausted")
+    mixed = data.mix_datasets(
+        {"a": (constant("a", 1000), 1), "b": (constant("b", 1000), 3)},
+        seed=1,
+        stopping_strategy="first_exhausted",
+    )
     sources = [s["source"] for _, s in zip(range(2000), mixed, strict=False)]
     assert 0.70 < sources.count("b") / len(sources) < 0.80
     try:
@@ -105,8 +109,10 @@ def test_training_stream_resumes_exactly_in_a_later_pass_from_its_saved_position
     cc_sbu = write_shards(tmp_path / "cc_sbu", 1, 4)
 
     def stream():
-        sources = [(data.read_webdataset_captions(laion, source="laion"), 115),
-                   (data.read_webdataset_captions(cc_sbu, source="cc_sbu"), 14)]
+        sources = [
+            (data.read_webdataset_captions(laion, source="laion"), 115),
+            (data.read_webdataset_captions(cc_sbu, source="cc_sbu"), 14),
+        ]
         return data.TrainingStream(data.mix_datasets(sources, seed=0), shuffle_buffer=4, seed=0)
 
     reference, passes, counts = stream(), [], []
@@ -117,7 +123,7 @@ def test_training_stream_resumes_exactly_in_a_later_pass_from_its_saved_position
         passes.append(reference.state_dict()["pass"])
         counts.append(reference.health.summary())
     stop = passes.index(1) + 5  # inside the second pass
-    assert passes[-1] >= 1 and full[: passes.index(1)] != full[passes.index(1):][: passes.index(1)]
+    assert passes[-1] >= 1 and full[: passes.index(1)] != full[passes.index(1) :][: passes.index(1)]
 
     first = stream()
     head = take(first, stop)

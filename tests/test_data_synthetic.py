@@ -31,8 +31,12 @@ def world(tmp_path_factory):
 
 def test_same_seed_same_bytes_and_another_seed_differs(world, tmp_path):
     reference = tree_digest(world["root"])
-    again = write_synthetic_world(tmp_path / "again", seed=7, n_train=24, n_eval=6, image_size=96, num_shards=2)
-    other = write_synthetic_world(tmp_path / "other", seed=8, n_train=24, n_eval=6, image_size=96, num_shards=2)
+    again = write_synthetic_world(
+        tmp_path / "again", seed=7, n_train=24, n_eval=6, image_size=96, num_shards=2
+    )
+    other = write_synthetic_world(
+        tmp_path / "other", seed=8, n_train=24, n_eval=6, image_size=96, num_shards=2
+    )
     in_place = write_synthetic_world(world["root"], seed=7, n_train=24, n_eval=6, image_size=96, num_shards=2)
     assert len(reference) > 50
     assert tree_digest(again["root"]) == reference == tree_digest(in_place["root"])
@@ -44,7 +48,9 @@ def test_scenes_are_unambiguous_and_inside_the_image():
     for image_id in range(200):
         scene = scenes.make_scene(rng, image_id, 224)
         assert 1 <= len(scene.shapes) <= 3
-        assert len({s.colour for s in scene.shapes}) == len({s.kind for s in scene.shapes}) == len(scene.shapes)
+        assert (
+            len({s.colour for s in scene.shapes}) == len({s.kind for s in scene.shapes}) == len(scene.shapes)
+        )
         cells = set()
         for shape in scene.shapes:
             x, y, w, h = shape.box
@@ -62,15 +68,22 @@ def test_training_questions_ask_every_lookup_the_scene_allows():
         scene = scenes.make_scene(rng, image_id, 224)
         asked = scenes.questions(scene, rng, every_lookup=True)
         by_type = {kind: [(q, a) for t, q, a in asked if t == kind] for kind in scenes.QUESTION_TYPES}
-        assert sorted(by_type["colour"]) == sorted((f"What colour is the {s.kind}?", s.colour) for s in scene.shapes)
+        assert sorted(by_type["colour"]) == sorted(
+            (f"What colour is the {s.kind}?", s.colour) for s in scene.shapes
+        )
         assert sorted(by_type["shape"]) == sorted(
             (f"What shape is the {s.colour} object?", s.kind) for s in scene.shapes
         )
         names = {s.name for s in scene.shapes}
         assert [a for _, a in by_type["exist"]] == ["yes", "no"]
-        assert [q.removeprefix("Is there a ").removesuffix("?") in names for q, _ in by_type["exist"]] == [True, False]
+        assert [q.removeprefix("Is there a ").removesuffix("?") in names for q, _ in by_type["exist"]] == [
+            True,
+            False,
+        ]
         assert len(by_type["count"]) == 1 and len(by_type["position"]) <= 1
-        held_out = [t for t, _, _ in scenes.questions(scene, rng) if t != "position"]  # a random pair's columns
+        held_out = [
+            t for t, _, _ in scenes.questions(scene, rng) if t != "position"
+        ]  # a random pair's columns
         assert sorted(held_out) == ["colour", "count", "exist", "shape"]  # held-out sets: one of each type
 
 
@@ -124,6 +137,10 @@ def test_captions_descriptions_and_grounded_captions_name_shapes_left_to_right()
         " on a grey background"
     )
     description = scenes.description(scene)
-    assert description.index("blue square") < description.index("green triangle") < description.index("red circle")
+    assert (
+        description.index("blue square")
+        < description.index("green triangle")
+        < description.index("red circle")
+    )
     grounded = scenes.grounded_caption(scene)
     assert grounded.index("blue square") < grounded.index("green triangle") < grounded.index("red circle")

@@ -6,7 +6,10 @@ from tinygptv_hf.data import text
 
 
 def test_blip_caption_lowercases_strips_punctuation_and_collapses_spaces():
-    assert text.blip_caption('A Photo: of (a) "Dog"!!  running~ #1; *wow*.\n') == "a photo of a dog running 1 wow"
+    assert (
+        text.blip_caption('A Photo: of (a) "Dog"!!  running~ #1; *wow*.\n')
+        == "a photo of a dog running 1 wow"
+    )
 
 
 def test_blip_caption_keeps_other_punctuation_and_a_lone_newline():
@@ -25,7 +28,9 @@ def test_prompt_pools_match_the_original():
     assert len(text.CAPTION_PROMPTS) == 17 and "A photo of " in text.CAPTION_PROMPTS
     assert len(text.REFER_TEMPLATES) == 7 and "[refer] where can I locate the {} ?" in text.REFER_TEMPLATES
     assert len(text.IDENTIFY_TEMPLATES) == 7 and "[identify] this {} is" in text.IDENTIFY_TEMPLATES
-    assert len(text.GROUNDING_PROMPTS) == 4 and all(p.startswith("[grounding] ") for p in text.GROUNDING_PROMPTS)
+    assert len(text.GROUNDING_PROMPTS) == 4 and all(
+        p.startswith("[grounding] ") for p in text.GROUNDING_PROMPTS
+    )
     assert text.VQA_TEMPLATES[1].format("q?") == (
         "[vqa] Based on the image, respond to this question with a short answer: q?"
     )

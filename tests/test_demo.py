@@ -106,16 +106,29 @@ def test_eval_harness_runs_on_the_demo_held_out_sets(demo, tmp_path):
 def test_caption_pairs_score_which_colour_goes_with_which_shape():
     """Word F1 cannot see a colour given to the wrong shape; the pair score can. Every caption of the world names
     each of its shapes' pairs."""
-    scene = scenes.Scene(1, 224, "white", (
-        scenes.Shape("red", "circle", (0, 0, 56, 56)), scenes.Shape("blue", "square", (168, 168, 56, 56)),
-    ))
+    scene = scenes.Scene(
+        1,
+        224,
+        "white",
+        (
+            scenes.Shape("red", "circle", (0, 0, 56, 56)),
+            scenes.Shape("blue", "square", (168, 168, 56, 56)),
+        ),
+    )
     reference = scenes.caption(scene)
-    assert reference == "a red circle in the top left and a blue square in the bottom right on a white background"
+    assert (
+        reference
+        == "a red circle in the top left and a blue square in the bottom right on a white background"
+    )
     swapped = "a blue circle in the top left and a red square in the bottom right on a white background"
     assert word_f1(swapped, reference) == 1.0 and pair_f1(swapped, reference) == 0.0
     assert pair_f1(reference, reference) == 1.0
-    assert pair_f1("a red circle on a white background", reference) == pytest.approx(2 / 3)  # one of two, nothing wrong
-    assert pair_f1("a red circle and a green triangle", reference) == pytest.approx(0.5)  # one right, one invented
+    assert pair_f1("a red circle on a white background", reference) == pytest.approx(
+        2 / 3
+    )  # one of two, nothing wrong
+    assert pair_f1("a red circle and a green triangle", reference) == pytest.approx(
+        0.5
+    )  # one right, one invented
     assert pair_f1("", reference) == 0.0
     rng = random.Random(0)
     for image_id in range(50):

@@ -103,7 +103,10 @@ def hub_rows():
     return [
         {
             "messages": [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "[vqa] What colour is it?"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": "[vqa] What colour is it?"}],
+                },
                 {"role": "assistant", "content": [{"type": "text", "text": colour}]},
             ],
             "images": [Image.new("RGB", (40, 30), rgb)],

@@ -280,4 +280,6 @@ def test_trainable_counts_match_the_original_at_full_size():
     # (docs/original-differences.md#stages).
     assert sum(stage_trainable_parameters(_full_size_skeleton(), STAGES[1]).values()) == 13_809_664
     # Stages 2-4 add r=64 LoRA on separate q/k/v/dense of 32 layers: 32 * 4 * 64 * (2560 + 2560).
-    assert sum(stage_trainable_parameters(_full_size_skeleton(), STAGES[2]).values()) == 13_809_664 + 41_943_040
+    assert (
+        sum(stage_trainable_parameters(_full_size_skeleton(), STAGES[2]).values()) == 13_809_664 + 41_943_040
+    )

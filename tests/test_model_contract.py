@@ -40,11 +40,17 @@ def distinct_model(model_class=TinyGPTVForConditionalGeneration, **overrides):
 def image_inputs(batch=2, text_length=5):
     """Each row: a token, one image's placeholders, then text (ids above the image token's)."""
     generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(IMAGE_TOKEN + 1, TEXT["vocab_size"], (batch, 1 + QUERIES + text_length), generator=generator)
+    input_ids = torch.randint(
+        IMAGE_TOKEN + 1, TEXT["vocab_size"], (batch, 1 + QUERIES + text_length), generator=generator
+    )
     input_ids[:, 1 : 1 + QUERIES] = IMAGE_TOKEN
     size = VISION["image_size"]
     pixel_values = torch.randn(batch, 3, size, size, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values": pixel_values,
+    }
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
@@ -78,7 +84,9 @@ def test_image_features_follow_blip2():
     query_output = features.qformer_outputs.last_hidden_state
     assert query_output.shape == (2, QUERIES, QFORMER["hidden_size"])
     assert features.pooler_output.shape == (2, QUERIES, TEXT["hidden_size"])
-    torch.testing.assert_close(features.pooler_output, model.multi_modal_projector(query_output), rtol=0, atol=0)
+    torch.testing.assert_close(
+        features.pooler_output, model.multi_modal_projector(query_output), rtol=0, atol=0
+    )
     plain = model.get_image_features(pixels)
     assert plain.hidden_states is None and plain.attentions is None
     assert torch.equal(plain.pooler_output, features.pooler_output)
@@ -104,7 +112,9 @@ def test_outputs_carry_image_outputs(model_class):
 def test_inputs_embeds_with_images_match_input_ids():
     model, inputs = distinct_model(), image_inputs()
     embeds = model.get_input_embeddings()(inputs["input_ids"])
-    from_embeds = dict(inputs_embeds=embeds, pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+    from_embeds = dict(
+        inputs_embeds=embeds, pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"]
+    )
     torch.testing.assert_close(model(**from_embeds).logits, model(**inputs).logits, rtol=0, atol=1e-6)
     greedy = dict(max_new_tokens=4, do_sample=False, pad_token_id=TEXT["pad_token_id"])
     from_ids = model.generate(**inputs, **greedy)[:, inputs["input_ids"].shape[1] :]
@@ -120,7 +130,9 @@ def test_loss_uses_shift_labels():
     model, inputs = distinct_model(), image_inputs()
     logits = model(**inputs).logits
     generator = torch.Generator().manual_seed(2)
-    labels = torch.randint(IMAGE_TOKEN + 1, TEXT["vocab_size"], inputs["input_ids"].shape, generator=generator)
+    labels = torch.randint(
+        IMAGE_TOKEN + 1, TEXT["vocab_size"], inputs["input_ids"].shape, generator=generator
+    )
     shift_labels = torch.randint(IMAGE_TOKEN + 1, TEXT["vocab_size"], labels.shape, generator=generator)
     shift_labels[:, -1] = -100
     expected = F.cross_entropy(logits.flatten(0, 1), shift_labels.flatten(), ignore_index=-100)
@@ -256,5 +268,7 @@ def test_generate_with_a_generation_config_keeps_the_model_stop_strings(tiny_che
     model.lm_head.bias.data[first_piece] = 10.0
     pieces_to_stop = -(-len(stop) // len(tiny_processor.tokenizer.decode([first_piece])))
     prompt = torch.full((1, 6), 5, dtype=torch.long)
-    output = model.generate(input_ids=prompt, generation_config=GenerationConfig(max_new_tokens=8, do_sample=False))
+    output = model.generate(
+        input_ids=prompt, generation_config=GenerationConfig(max_new_tokens=8, do_sample=False)
+    )
     assert output.shape[1] - prompt.shape[1] == pieces_to_stop < 8

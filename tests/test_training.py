@@ -273,7 +273,9 @@ def test_bad_records_of_all_mixed_sources_count_in_one_report_and_one_budget(
     assert health["bad"] == {"laion": 2, "cc_sbu": 1} and health["total_bad"] == 3
     assert health["samples"]["laion"] > 0 and health["samples"]["cc_sbu"] > 0
     assert health["total_samples"] == sum(health["samples"].values()) >= 4 * 4
-    assert [line.split(":")[0] for line in caplog.messages] == [f"Skipped bad sample {i}/5" for i in (1, 2, 3)]
+    assert [line.split(":")[0] for line in caplog.messages] == [
+        f"Skipped bad sample {i}/5" for i in (1, 2, 3)
+    ]
     last_line = capsys.readouterr().out.splitlines()[-1]
     assert last_line.startswith("stage 2 finished: 4 steps, last logged loss ")
     assert f"{health['total_samples']} samples read, 3 bad and 0 dropped records; model in " in last_line
@@ -403,7 +405,9 @@ def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint
     assert "lora_rank" in capsys.readouterr().err
 
     broken["stage_overrides"].pop("lora_rank")
-    broken["training"]["dataloader_num_workers"] = 2  # the stream's position must stay in the training process
+    broken["training"]["dataloader_num_workers"] = (
+        2  # the stream's position must stay in the training process
+    )
     recipe.write_text(yaml.safe_dump(broken))
     assert main(["train", str(recipe), *variables(world)]) == 2
     assert "dataloader_num_workers must be 0" in capsys.readouterr().err
@@ -431,7 +435,9 @@ def test_trainer_loss_on_labelled_positions_equals_the_full_models_loss_and_grad
     assert len(set(labelled.float().argmax(dim=1).tolist())) > 1  # the answers start at different positions
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     head_rows = []
-    trainer.model.get_output_embeddings().register_forward_hook(lambda _, args, __: head_rows.append(args[0].shape[1]))
+    trainer.model.get_output_embeddings().register_forward_hook(
+        lambda _, args, __: head_rows.append(args[0].shape[1])
+    )
     for items in (None, torch.tensor(int(labelled[:, 1:].sum()) + 5)):
         full = trainer.model(**batch, **({} if items is None else {"num_items_in_batch": items})).loss
         full_grads = torch.autograd.grad(full, trainable)

@@ -82,7 +82,11 @@ class TinyGPTVModelTester:
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 4) + 4
         input_ids[:, : self.num_query_tokens] = self.image_token_id
         attention_mask = torch.ones_like(input_ids)
-        return config, {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+        return config, {
+            "pixel_values": pixel_values,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+        }
 
 
 class TinyGPTVModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):

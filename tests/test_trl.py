@@ -82,9 +82,9 @@ def test_sft_with_lora_and_assistant_only_loss(tiny_checkpoint, tmp_path):
     """The README's recipe: LoRA on the language model's attention only, loss on the answers only."""
     model = fresh_model(tiny_checkpoint)
     processor = AutoProcessor.from_pretrained(tiny_checkpoint)
-    assert any(
-        ".qformer." in name for name, _ in model.named_modules() if name.endswith(".dense")
-    ), "a bare 'dense' target would also reach the Q-Former"
+    assert any(".qformer." in name for name, _ in model.named_modules() if name.endswith(".dense")), (
+        "a bare 'dense' target would also reach the Q-Former"
+    )
     trainer = SFTTrainer(
         model=model,
         args=sft_config(tmp_path, assistant_only_loss=True),
@@ -126,7 +126,9 @@ def test_grpo_a_couple_of_steps_with_a_trivial_reward(tiny_checkpoint, tmp_path)
         [
             {
                 "image": Image.new("RGB", (40, 30), rgb),
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+                "prompt": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}
+                ],
             }
             for _, rgb in COLOURS
         ]
@@ -155,7 +157,11 @@ def test_grpo_a_couple_of_steps_with_a_trivial_reward(tiny_checkpoint, tmp_path)
         generation_kwargs={"sequence_bias": {(red,): 7.0, (red, end): 60.0}},
     )
     trainer = GRPOTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=processor, reward_funcs=shorter_is_better
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        reward_funcs=shorter_is_better,
     )
     before = snapshot(trainer.model)
     trainer.train()
@@ -194,4 +200,3 @@ def test_text_iterator_streamer_with_generate_in_a_thread(tiny_model, tiny_proce
     assert len(chunks) > 1 and "".join(chunks) == " A red square is here."
     new_tokens = result["output"][0, inputs["input_ids"].shape[1] :]
     assert tokenizer.decode(new_tokens).endswith("###"), "generation stopped at the end symbol"
-

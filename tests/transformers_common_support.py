@@ -61,7 +61,17 @@ STAND_INS = {
 
 def download_sdist(version: str, folder: Path) -> Path:
     """The transformers sdist of `version`, downloaded by pip into `folder`; a RuntimeError says why it failed."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--dest",
+        str(folder),
+    ]
     result = subprocess.run([*command, f"transformers=={version}"], capture_output=True, text=True)
     archives = sorted(folder.glob("transformers-*.tar.gz"))
     if result.returncode != 0 or not archives:
@@ -76,11 +86,15 @@ def download_sdist(version: str, folder: Path) -> Path:
 def unpack(archive: Path, destination: Path) -> None:
     """The four common test files into `destination/PACKAGE`, with the stand-ins beside them."""
     with tarfile.open(archive) as tar:
-        members = {Path(member.name).relative_to(Path(member.name).parts[0]).as_posix(): member for member in tar}
+        members = {
+            Path(member.name).relative_to(Path(member.name).parts[0]).as_posix(): member for member in tar
+        }
         for module in COMMON_MODULES:
             member = members.get(f"tests/{module}.py")
             if member is None:
-                raise RuntimeError(f"{archive.name} has no tests/{module}.py; this transformers version cannot be used.")
+                raise RuntimeError(
+                    f"{archive.name} has no tests/{module}.py; this transformers version cannot be used."
+                )
             target = destination / PACKAGE / f"{module}.py"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(member).read())
@@ -112,4 +126,6 @@ def common_tests() -> SimpleNamespace:
     folder = str(prepare())
     if folder not in sys.path:
         sys.path.append(folder)  # last, so that its `utils` folder shadows nothing
-    return SimpleNamespace(**{module: importlib.import_module(f"{PACKAGE}.{module}") for module in COMMON_MODULES})
+    return SimpleNamespace(
+        **{module: importlib.import_module(f"{PACKAGE}.{module}") for module in COMMON_MODULES}
+    )

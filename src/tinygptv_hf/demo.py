@@ -195,7 +195,15 @@ def final_loss(log_history: list[dict]) -> float | None:
 
 LOG_FILE = "demo.log"
 # Libraries whose messages and warnings go to the demo's log file instead of the console.
-LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "peft", "tinygptv_hf", "py.warnings")
+LIBRARY_LOGGERS = (
+    "transformers",
+    "datasets",
+    "huggingface_hub",
+    "accelerate",
+    "peft",
+    "tinygptv_hf",
+    "py.warnings",
+)
 logger = logging.getLogger(__name__)
 
 
@@ -228,12 +236,17 @@ def libraries_logging_to(path: Path):
     saved = []
     for name in (*LIBRARY_LOGGERS, __name__):
         library_logger = logging.getLogger(name)
-        saved.append((library_logger, library_logger.handlers[:], library_logger.propagate, library_logger.level))
+        saved.append(
+            (library_logger, library_logger.handlers[:], library_logger.propagate, library_logger.level)
+        )
         library_logger.handlers[:] = [handler]
         library_logger.propagate = False
         library_logger.setLevel(logging.INFO if name == __name__ else logging.WARNING)
     bars = (
-        (transformers.utils.logging.is_progress_bar_enabled(), transformers.utils.logging.enable_progress_bar),
+        (
+            transformers.utils.logging.is_progress_bar_enabled(),
+            transformers.utils.logging.enable_progress_bar,
+        ),
         (not datasets.utils.are_progress_bars_disabled(), datasets.enable_progress_bars),
         (not huggingface_hub.utils.are_progress_bars_disabled(), huggingface_hub.utils.enable_progress_bars),
     )
@@ -259,7 +272,9 @@ def run_demo(output_dir, seed: int = 0, quick: bool = False, echo=print) -> dict
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         # Stage folders of an earlier run would mix its checkpoints with this run's.
-        raise FileExistsError(f"demo output folder {output_dir} is not empty; pass a new --output or remove it")
+        raise FileExistsError(
+            f"demo output folder {output_dir} is not empty; pass a new --output or remove it"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     with libraries_logging_to(output_dir / LOG_FILE):
         return _run_demo(output_dir, seed, QUICK if quick else FULL, echo)

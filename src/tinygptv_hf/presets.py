@@ -87,7 +87,9 @@ PRESETS = {
 PRESETS["tiny-demo"] = dict(
     PRESETS["tiny"],
     vision_config=dict(PRESETS["tiny"]["vision_config"], patch_size=28, initializer_range=0.3),
-    qformer_config=dict(PRESETS["tiny"]["qformer_config"], cross_attention_frequency=1, initializer_range=0.2),
+    qformer_config=dict(
+        PRESETS["tiny"]["qformer_config"], cross_attention_frequency=1, initializer_range=0.2
+    ),
     initializer_range=0.2,
     vision_position_init="sincos",
 )

@@ -65,9 +65,7 @@ def _operations(api: HfApi, repo_id: str, commit: str, files: dict[str, Path]) -
     for path, local in files.items():
         entry = remote.get(path)
         unchanged = entry is not None and (
-            entry.lfs.sha256 == file_digest(local)
-            if entry.lfs
-            else entry.blob_id == _git_blob_id(local)
+            entry.lfs.sha256 == file_digest(local) if entry.lfs else entry.blob_id == _git_blob_id(local)
         )
         if not unchanged:
             operations.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)))

@@ -13,7 +13,9 @@ END_OF_TEXT = "<|endoftext|>"
 
 def add_image_token(tokenizer):
     """Make `<ImageHere>` one special token, so text on either side tokenizes as the original's separate segments."""
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False
+    )
     # Batched generation pads on the left; the training collator pads on its own.
     tokenizer.padding_side = "left"
     tokenizer.init_kwargs["padding_side"] = "left"
@@ -24,7 +26,9 @@ def add_image_token(tokenizer):
 
 def build_tiny_tokenizer(vocab_size: int = 1024) -> CodeGenTokenizer:
     """A deterministic byte-level BPE trained on text shipped with the package, wrapped in Phi-2's tokenizer class."""
-    corpus = resources.files("tinygptv_hf").joinpath("resources/tokenizer_corpus.txt").read_text(encoding="utf-8")
+    corpus = (
+        resources.files("tinygptv_hf").joinpath("resources/tokenizer_corpus.txt").read_text(encoding="utf-8")
+    )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(

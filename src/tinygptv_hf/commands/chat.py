@@ -9,7 +9,11 @@ def add_model_arguments(parser):
     weights = parser.add_mutually_exclusive_group()
     choices = [
         ("--int8", "int8", "int8 weights for fast CPU inference (cpu_int8; the default on a CPU)"),
-        ("--full-weights", "none", "unquantized weights: float32 on a CPU, the checkpoint's dtype on a GPU (its default)"),
+        (
+            "--full-weights",
+            "none",
+            "unquantized weights: float32 on a CPU, the checkpoint's dtype on a GPU (its default)",
+        ),
         ("--load-in-8bit", "8bit", "8bit weights (bitsandbytes)"),
         ("--load-in-4bit", "4bit", "4bit weights (bitsandbytes)"),
     ]
@@ -25,7 +29,9 @@ def add_parser(subparsers):
     defaults = GenerationSettings()
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help=sampling)
     parser.add_argument("--top-p", type=float, default=defaults.top_p, help=sampling)
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty, help=sampling)
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=defaults.repetition_penalty, help=sampling
+    )
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help=sampling)
     parser.add_argument("--greedy", action="store_true", help="deterministic answers instead of sampling")
     parser.add_argument("--save-dir", help="folder for annotated images (default: a new temporary folder)")

@@ -4,10 +4,16 @@ import logging
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("demo", help="train the four stages on bundled synthetic data and evaluate")
-    parser.add_argument("--output", default="demo-output", help="folder for data, checkpoints, plots, summary.json")
+    parser = subparsers.add_parser(
+        "demo", help="train the four stages on bundled synthetic data and evaluate"
+    )
+    parser.add_argument(
+        "--output", default="demo-output", help="folder for data, checkpoints, plots, summary.json"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a few steps per stage: checks the pipeline (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps per stage: checks the pipeline (CI)"
+    )
     parser.set_defaults(run=run)
 
 

@@ -24,7 +24,9 @@ class TinyGPTVTextConfig(PhiConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if not self.qk_layernorm:
-            raise ValueError("TinyGPT-V's language model always applies q/k LayerNorm; qk_layernorm must be True.")
+            raise ValueError(
+                "TinyGPT-V's language model always applies q/k LayerNorm; qk_layernorm must be True."
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"text_config.hidden_size ({self.hidden_size}) is not divisible by "
@@ -67,7 +69,10 @@ class TinyGPTVConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         # Saving writes the Auto entries of the saved classes (`register_for_auto_class` in the package): AutoConfig
         # and AutoModelForImageTextToText. The backbone is not saved on its own, so its AutoModel entry is added here.
-        self.auto_map = {"AutoModel": "modeling_tinygptv.TinyGPTVModel", **(getattr(self, "auto_map", None) or {})}
+        self.auto_map = {
+            "AutoModel": "modeling_tinygptv.TinyGPTVModel",
+            **(getattr(self, "auto_map", None) or {}),
+        }
         self.check_sizes()
 
     def check_sizes(self):
@@ -77,7 +82,9 @@ class TinyGPTVConfig(PreTrainedConfig):
         image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
         patch_size = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
         if image_size % patch_size:
-            problems.append(f"vision_config.image_size ({image_size}) is not a multiple of patch_size ({patch_size})")
+            problems.append(
+                f"vision_config.image_size ({image_size}) is not a multiple of patch_size ({patch_size})"
+            )
         if vision.hidden_size % vision.num_attention_heads:
             problems.append(
                 f"vision_config.hidden_size ({vision.hidden_size}) is not divisible by "

@@ -80,7 +80,9 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
         Pass `output_loading_info=True` to load a partial checkpoint and inspect the keys yourself.
         `cpu_int8=True` loads for fast CPU inference (int8 weights, see quantization_tinygptv.py)."""
         if kwargs.pop("cpu_int8", False):
-            kwargs["quantization_config"] = cpu_int8_config(kwargs.get("quantization_config"), kwargs.get("dtype"))
+            kwargs["quantization_config"] = cpu_int8_config(
+                kwargs.get("quantization_config"), kwargs.get("dtype")
+            )
         quantization_config = kwargs.get("quantization_config")
         if (
             getattr(quantization_config, "quant_method", None) == "bitsandbytes"
@@ -185,12 +187,16 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
         if vision_config.image_size == image_size:
             return
         if image_size % vision_config.patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {vision_config.patch_size}.")
+            raise ValueError(
+                f"image_size {image_size} is not a multiple of the patch size {vision_config.patch_size}."
+            )
         embeddings = self.vision_model.embeddings
         table = interpolate_position_embedding(
             embeddings.position_embedding.data, image_size, vision_config.patch_size
         )
-        embeddings.position_embedding = nn.Parameter(table, requires_grad=embeddings.position_embedding.requires_grad)
+        embeddings.position_embedding = nn.Parameter(
+            table, requires_grad=embeddings.position_embedding.requires_grad
+        )
         embeddings.image_size = image_size
         embeddings.num_patches = (image_size // vision_config.patch_size) ** 2
         embeddings.num_positions = embeddings.num_patches + 1
@@ -212,7 +218,9 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
         asked for), the Q-Former's in `qformer_outputs`, and the image embeddings for the language model,
         `num_query_tokens` per image, in `pooler_output` (batch, queries, text width)."""
         if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}"
+            )
         expected = self.config.vision_config.image_size
         if pixel_values.shape[-2:] != (expected, expected):
             raise ValueError(
@@ -221,7 +229,9 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
             )
         vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
         image_embeds = vision_outputs.last_hidden_state.to(self.query_tokens.dtype)
-        image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        image_attention_mask = torch.ones(
+            image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device
+        )
         qformer_outputs = self.qformer(
             query_embeds=self.query_tokens.expand(image_embeds.shape[0], -1, -1),
             encoder_hidden_states=image_embeds,
@@ -393,7 +403,9 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
             if labels is not None:
                 labels = labels.masked_fill(labels == image_token_id, ignore_index)
             if shift_labels is not None:
-                kwargs["shift_labels"] = shift_labels.masked_fill(shift_labels == image_token_id, ignore_index)
+                kwargs["shift_labels"] = shift_labels.masked_fill(
+                    shift_labels == image_token_id, ignore_index
+                )
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
@@ -428,7 +440,11 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
                 )
                 kwargs["stop_strings"] = None
         prompt = next(
-            (value for value in (kwargs.get("inputs_embeds"), inputs, kwargs.get("input_ids")) if value is not None),
+            (
+                value
+                for value in (kwargs.get("inputs_embeds"), inputs, kwargs.get("input_ids"))
+                if value is not None
+            ),
             None,
         )
         if prompt is not None:
@@ -462,7 +478,9 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
             )
             kwargs["max_new_tokens"] = context - prompt_length
         elif max_new_tokens is None and max_length is not None and max_length > context:
-            logger.warning_once("max_length=%d exceeds the model's %d-token context; using %d.", max_length, context, context)
+            logger.warning_once(
+                "max_length=%d exceeds the model's %d-token context; using %d.", max_length, context, context
+            )
             kwargs["max_length"] = context
 
     def _checkpoint_tokenizer(self):

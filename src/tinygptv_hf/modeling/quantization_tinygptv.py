@@ -82,7 +82,9 @@ class TinyGPTVCpuInt8Config(QuantizationConfigMixin):
         if not isinstance(self.max_decode_rows, int) or self.max_decode_rows < 0:
             raise ValueError(f"max_decode_rows must be a non-negative integer, got {self.max_decode_rows!r}.")
         if self.modules_to_not_convert is not None and not isinstance(self.modules_to_not_convert, list):
-            raise ValueError(f"modules_to_not_convert must be a list of names, got {self.modules_to_not_convert!r}.")
+            raise ValueError(
+                f"modules_to_not_convert must be a list of names, got {self.modules_to_not_convert!r}."
+            )
 
 
 def cpu_int8_config(quantization_config=None, dtype=None) -> TinyGPTVCpuInt8Config:
@@ -122,7 +124,10 @@ def kernel_activation_dtype() -> torch.dtype:
     weight = torch.ones(2560, 2560, dtype=torch.int8)
     calls = {
         dtype: functools.partial(
-            torch.ops.aten._weight_int8pack_mm, torch.ones(1, 2560, dtype=dtype), weight, torch.ones(2560, dtype=dtype)
+            torch.ops.aten._weight_int8pack_mm,
+            torch.ones(1, 2560, dtype=dtype),
+            weight,
+            torch.ones(2560, dtype=dtype),
         )
         for dtype in (torch.float32, torch.bfloat16)
     }
@@ -201,8 +206,13 @@ def packed_weights_faster() -> bool:
     ratios = []
     for count in CALIBRATION_ROWS:
         rows = torch.randn(count, 2560)
-        best = fastest({"plain": lambda rows=rows: float32_linear(rows, weight),
-                        "packed": lambda rows=rows: onednn_linear(rows, packed, None)}, 3)
+        best = fastest(
+            {
+                "plain": lambda rows=rows: float32_linear(rows, weight),
+                "packed": lambda rows=rows: onednn_linear(rows, packed, None),
+            },
+            3,
+        )
         ratios.append(best["packed"] / best["plain"])
     return sum(ratios) < len(ratios)
 
@@ -244,7 +254,9 @@ def autograd_records(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def float32_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def float32_linear(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """`F.linear` on 2-D float32 `rows`, by whichever GEMM is faster here for about that many rows. oneDNN's op
     has no gradient, so whenever autograd would record the product (a trainable weight counts as much as an
     input that needs a gradient) it is stock `F.linear`."""
@@ -322,12 +334,16 @@ def use_cpu_gemm_choice(model: nn.Module) -> int:
     for layer in layers:
         layer.__class__ = CpuFloat32Linear
     if layers and packed_weights_faster():
-        users = collections.Counter(id(weight) for _, weight in model.named_parameters(remove_duplicate=False))
+        users = collections.Counter(
+            id(weight) for _, weight in model.named_parameters(remove_duplicate=False)
+        )
         spans = mapped_file_spans()
         with torch.no_grad():
             for layer in layers:
                 plain = layer.weight
-                packable = plain.dtype == torch.float32 and plain.device.type == "cpu" and not plain.requires_grad
+                packable = (
+                    plain.dtype == torch.float32 and plain.device.type == "cpu" and not plain.requires_grad
+                )
                 if packable and users[id(plain)] == 1:
                     layer.pack()
                     release_pages(plain, spans)
@@ -367,12 +383,16 @@ class CpuInt8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, max_decode_rows: int = 16):
         super().__init__()
         self.in_features, self.out_features, self.max_decode_rows = in_features, out_features, max_decode_rows
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False
+        )
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.device.type != "cpu":
@@ -388,7 +408,10 @@ class CpuInt8Linear(nn.Module):
         return output.view(*hidden_states.shape[:-1], self.out_features).to(hidden_states.dtype)
 
     def kernel_can_read_weight(self) -> bool:
-        return self.in_features % KERNEL_K_MULTIPLE == 0 and self.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT == 0
+        return (
+            self.in_features % KERNEL_K_MULTIPLE == 0
+            and self.weight.data_ptr() % KERNEL_WEIGHT_ALIGNMENT == 0
+        )
 
     def _int8_kernel(self, rows: torch.Tensor) -> torch.Tensor:
         dtype = kernel_activation_dtype()
@@ -560,7 +583,9 @@ class TinyGPTVCpuInt8Quantizer(HfQuantizer):
 
     def validate_environment(self, device_map=None, **kwargs):
         if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
-            raise ImportError(f"cpu_int8 needs torch's int8 weight-only kernel (torch >= 2.4); this is {torch.__version__}.")
+            raise ImportError(
+                f"cpu_int8 needs torch's int8 weight-only kernel (torch >= 2.4); this is {torch.__version__}."
+            )
         places = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
         off_cpu = {place for place in places if place is not None and torch.device(place).type != "cpu"}
         if off_cpu:

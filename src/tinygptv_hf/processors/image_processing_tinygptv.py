@@ -111,7 +111,9 @@ class TinyGPTVImageProcessor(PilBackend):
                 raise ImageLoadError(f"Image array has zero size {image.shape}.")
             if isinstance(image, np.ndarray) and do_convert_rgb is not False:
                 image, input_data_format = array_to_rgb(image, input_data_format)
-        return super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
+        return super().process_image(
+            image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs
+        )
 
     def normalize(self, image: np.ndarray, mean, std, **kwargs) -> np.ndarray:
         """`(image - mean) / std` per channel of a channels-first array: the backend's float operations, bit for

@@ -73,7 +73,9 @@ class TinyGPTVProcessor(ProcessorMixin):
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> list[str]:
         """`decode` of each sequence (each stops at the end symbol with `skip_special_tokens=True`)."""
-        return [self.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs) for ids in _as_list(sequences)]
+        return [
+            self.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs) for ids in _as_list(sequences)
+        ]
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
         """Clean answers from generated token ids.
@@ -112,9 +114,12 @@ class TinyGPTVProcessor(ProcessorMixin):
             return MultiModalData()
         for size in image_sizes:
             if not isinstance(size, list | tuple) or len(size) != 2 or not all(side > 0 for side in size):
-                raise ValueError(f"image_sizes must hold (height, width) pairs of positive sizes; got {size!r}.")
+                raise ValueError(
+                    f"image_sizes must hold (height, width) pairs of positive sizes; got {size!r}."
+                )
         return MultiModalData(
-            num_image_tokens=[self.num_query_tokens] * len(image_sizes), num_image_patches=[1] * len(image_sizes)
+            num_image_tokens=[self.num_query_tokens] * len(image_sizes),
+            num_image_patches=[1] * len(image_sizes),
         )
 
     @property

@@ -47,7 +47,9 @@ _CONTENT = (
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
 )
-_HAS_IMAGE = "message['content'] is not string and message['content'] | selectattr('type', 'equalto', 'image') | list"
+_HAS_IMAGE = (
+    "message['content'] is not string and message['content'] | selectattr('type', 'equalto', 'image') | list"
+)
 # An assistant turn's trained span: the answer and the end symbol that stops it.
 _ANSWER = "{%- generation -%}{{ content(message) }}{{ '" + END_SYMBOL + "' }}{%- endgeneration -%}"
 
@@ -90,6 +92,7 @@ CHAT_TEMPLATES = {
     "instruction": INSTRUCTION_CHAT_TEMPLATE,
     "multitask": MULTITASK_CHAT_TEMPLATE,
 }
+
 
 def chat_templates(default: str) -> dict[str, str]:
     """All named templates, with the family `default` (a stage's `chat_template`) also stored as ``default``."""

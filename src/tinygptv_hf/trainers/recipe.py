@@ -62,7 +62,9 @@ class Recipe:
             if section not in raw:
                 raise ValueError(f"{source}: the recipe needs a '{section}' section")
         if raw["stage"] not in TRAINING_STAGES:
-            raise ValueError(f"{source}: stage must be one of {sorted(TRAINING_STAGES)}, got {raw['stage']!r}")
+            raise ValueError(
+                f"{source}: stage must be one of {sorted(TRAINING_STAGES)}, got {raw['stage']!r}"
+            )
         return cls(
             stage=raw["stage"],
             model=raw["model"],

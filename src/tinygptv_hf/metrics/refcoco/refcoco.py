@@ -38,5 +38,7 @@ class Refcoco(BenchmarkMetric):
         match = BOX_PATTERN.match(harness_answer(prediction).replace(" ", ""))
         if match is None:
             return False
-        box = corners_to_box([int(number) for number in match.groups()], reference["width"], reference["height"])
+        box = corners_to_box(
+            [int(number) for number in match.groups()], reference["width"], reference["height"]
+        )
         return box_iou(box, xywh_to_box(reference["bbox"])) > 0.5

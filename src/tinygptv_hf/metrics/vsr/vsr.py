@@ -25,5 +25,6 @@ class Vsr(BenchmarkMetric):
     @staticmethod
     def standard_score(prediction, reference):
         return (
-            parse_binary(first_word(harness_answer(prediction)), ("true", "yes"), ("false", "no")) == reference
+            parse_binary(first_word(harness_answer(prediction)), ("true", "yes"), ("false", "no"))
+            == reference
         )
