@@ -250,7 +250,11 @@ def test_stage_zero_default_template_is_the_demo_conversation(tiny_processor):
 
 
 @pytest.mark.parametrize("pass_tokenizer", [True, False])
-def test_generation_stops_at_the_end_symbol_and_answers_are_clean(tiny_model, tiny_processor, pass_tokenizer):
+def test_generation_stops_at_the_end_symbol_and_answers_are_clean(
+    tiny_model, tiny_processor, pass_tokenizer, caplog
+):
+    """With the caller's tokenizer generation stops at the end symbol; without one it runs on with a warning (the
+    model never loads a tokenizer behind the caller's back), and the processor still cuts the answer there."""
     tokenizer = tiny_processor.tokenizer
     script = tokenizer(" A red square.###Human: and then more text", add_special_tokens=False).input_ids
     assert "###" not in [tokenizer.decode([token]) for token in script], "the end symbol should span tokens"
@@ -268,8 +272,12 @@ def test_generation_stops_at_the_end_symbol_and_answers_are_clean(tiny_model, ti
         **extra,
     )
     new_tokens = output[:, prompt_length:]
-    assert tokenizer.decode(new_tokens[0]).endswith("###")
-    assert new_tokens.shape[1] < len(script)
+    if pass_tokenizer:
+        assert tokenizer.decode(new_tokens[0]).endswith("###")
+        assert new_tokens.shape[1] < len(script)
+    else:
+        assert new_tokens[0].tolist() == script
+        assert "Pass tokenizer=processor.tokenizer" in caplog.text
     assert tiny_processor.post_process_image_text_to_text(new_tokens) == ["A red square."]
     full = tiny_processor.post_process_image_text_to_text(output)[0]
     prompt = tiny_processor.post_process_image_text_to_text(inputs["input_ids"])[0]

@@ -258,7 +258,7 @@ def test_generate_keeps_within_the_context(tiny_model, caplog):
 @torch.no_grad()
 def test_generate_with_a_generation_config_keeps_the_model_stop_strings(tiny_checkpoint, tiny_processor):
     """transformers fills a caller's GenerationConfig from the model's, stop strings included (TRL's GRPOTrainer
-    passes one); the checkpoint's tokenizer is then needed and loaded."""
+    passes one); they act with the caller's tokenizer."""
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
     stop = model.generation_config.stop_strings[0]
     # A head that always answers the first token of the stop string, so generation must stop on it.
@@ -269,6 +269,8 @@ def test_generate_with_a_generation_config_keeps_the_model_stop_strings(tiny_che
     pieces_to_stop = -(-len(stop) // len(tiny_processor.tokenizer.decode([first_piece])))
     prompt = torch.full((1, 6), 5, dtype=torch.long)
     output = model.generate(
-        input_ids=prompt, generation_config=GenerationConfig(max_new_tokens=8, do_sample=False)
+        input_ids=prompt,
+        generation_config=GenerationConfig(max_new_tokens=8, do_sample=False),
+        tokenizer=tiny_processor.tokenizer,
     )
     assert output.shape[1] - prompt.shape[1] == pieces_to_stop < 8

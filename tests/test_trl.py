@@ -188,6 +188,7 @@ def test_text_iterator_streamer_with_generate_in_a_thread(tiny_model, tiny_proce
         result["output"] = tiny_model.generate(
             **inputs,
             streamer=streamer,
+            tokenizer=tokenizer,
             max_new_tokens=len(script),
             logits_processor=LogitsProcessorList([ScriptedAnswer(script, inputs["input_ids"].shape[1])]),
         )

@@ -394,7 +394,7 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         # A strided slice would make torch's CPU bf16 linear (and bitsandbytes' 4-bit layers, which call it) copy
         # the LM head's weight once per sequence of the batch (2 GB for Phi-2's head at batch 8); copy the rows.
-        logits = self.lm_head(hidden_states.contiguous()).float()
+        logits = self.lm_head(hidden_states.contiguous())
 
         loss = None
         shift_labels = kwargs.get("shift_labels")
@@ -421,8 +421,9 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
     def generate(self, inputs=None, generation_config=None, *, tokenizer=None, **kwargs):
         """`GenerationMixin.generate`, with two additions.
 
-        Generation stops on the end symbol (`stop_strings`, e.g. "###"), which needs the tokenizer; when the caller
-        gives none, the checkpoint's own tokenizer is loaded once from where the model came from.
+        Generation stops on the end symbol (`stop_strings`, e.g. "###"), which needs the caller's tokenizer
+        (`tokenizer=processor.tokenizer`; the pipeline, chat and evaluation pass it). Without one, generation runs
+        to `max_new_tokens` with a warning, where transformers would raise.
 
         The length asked for is kept within the context (`max_position_embeddings`): a larger `max_new_tokens`
         (lmms-eval asks for 4096) or `max_length` is lowered with a warning, and a prompt that leaves no room for
@@ -431,14 +432,12 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
         kwargs["generation_config"] = generation_config
         stop_strings = self._generation_setting("stop_strings", kwargs)
         if stop_strings and tokenizer is None:
-            tokenizer = self._checkpoint_tokenizer()
-            if tokenizer is None:
-                logger.warning_once(
-                    "The generation config stops on %r but no tokenizer was passed and none was found next to "
-                    "the weights; generation runs to max_new_tokens. Pass tokenizer=processor.tokenizer.",
-                    stop_strings,
-                )
-                kwargs["stop_strings"] = None
+            logger.warning(
+                "The generation config stops on %r, which needs the tokenizer; none was passed, so generation runs "
+                "to max_new_tokens. Pass tokenizer=processor.tokenizer to stop at the end symbol.",
+                stop_strings,
+            )
+            kwargs["stop_strings"] = None
         prompt = next(
             (
                 value
@@ -482,21 +481,6 @@ class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin)
                 "max_length=%d exceeds the model's %d-token context; using %d.", max_length, context, context
             )
             kwargs["max_length"] = context
-
-    def _checkpoint_tokenizer(self):
-        if not hasattr(self, "_cached_tokenizer"):
-            from transformers import AutoTokenizer
-
-            source = getattr(self, "name_or_path", None) or self.config._name_or_path
-            try:
-                self._cached_tokenizer = (
-                    AutoTokenizer.from_pretrained(source, config=self.config, trust_remote_code=False)
-                    if source
-                    else None
-                )
-            except (OSError, ValueError):
-                self._cached_tokenizer = None
-        return self._cached_tokenizer
 
 
 __all__ = ["TinyGPTVForConditionalGeneration", "TinyGPTVModel", "TinyGPTVPreTrainedModel"]
