@@ -249,7 +249,13 @@ def test_tinygptv_eval_end_to_end(checkpoint, data_dir, tmp_path, capsys):
             )
             assert [r[mode]["score"] for r in records] == expected["scores"]
             assert summary[mode] == pytest.approx({k: v for k, v in expected.items() if k != "scores"})
-    assert 0.0 <= document["results"]["hm"]["standard"]["roc_auc"] <= 1.0
+    # AUROC from the prediction log, pair by pair: the share of (hateful, benign) pairs ordered right, ties half.
+    memes = predictions["hm"]
+    hateful = [r["standard"]["yes_probability"] for r in memes if r["references"] == 1]
+    benign = [r["standard"]["yes_probability"] for r in memes if r["references"] == 0]
+    assert hateful and benign, "the fixture's first two memes must hold both labels"
+    ordered = [(h > b) + 0.5 * (h == b) for h in hateful for b in benign]
+    assert document["results"]["hm"]["standard"]["roc_auc"] == pytest.approx(sum(ordered) / len(ordered))
 
     # Every item was saved as it was produced: a header line, then one line per item.
     lines = (tmp_path / "results.predictions.jsonl").read_text().splitlines()

@@ -161,6 +161,7 @@ def toast_text(page) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_web_demo_in_chromium(demo, browser, tmp_path):
     url, answers = demo
     expect = require("playwright.sync_api", "pip install playwright").expect

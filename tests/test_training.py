@@ -317,6 +317,7 @@ def test_an_over_long_sample_is_cut_to_the_context_instead_of_stopping_the_run(t
     assert torch.isfinite(model(**batch).loss)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_checkpoint, tmp_path):
     """Every sample identical, so one process with batch 4 and two with batch 2 each see the same global batch:
     the loss trajectories must agree, and must not be scaled by the world size."""

@@ -9,7 +9,6 @@ the final folder is reloaded with `AutoModelForImageTextToText(trust_remote_code
 import contextlib
 import json
 import logging
-import re
 import subprocess
 import sys
 import time
@@ -28,12 +27,12 @@ from transformers.trainer_callback import ProgressCallback
 from .cards import recipe_card
 from .checkpoint import init_checkpoint
 from .data import blip_caption
-from .data.scenes import named_pairs
 from .data.synthetic import write_synthetic_world
-from .evaluation.answers import box_iou
+from .evaluation.captions import pair_f1, word_f1
+from .evaluation.metric_base import load_metric
+from .evaluation.prompts import REFER_QUESTION
 from .evaluation.refer import load_instances, load_refs
 from .evaluation.runner import generate_answers
-from .grounding import parse_grounded_text
 from .processors import load_image
 from .processors.templates import IMAGE_TOKEN
 from .stages import STAGES, TRAINING_STAGES
@@ -85,49 +84,72 @@ def stage_recipe(stage: int, variables: dict, size: DemoSize, seed: int) -> Reci
     return recipe
 
 
-def word_f1(prediction: str, reference: str) -> float:
-    predicted, expected = re.findall(r"\w+", prediction.lower()), re.findall(r"\w+", reference.lower())
-    common = sum(min(predicted.count(word), expected.count(word)) for word in set(expected))
-    if not common:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
+@dataclass(frozen=True)
+class HeldOutQuestion:
+    image: Path
+    question: str
+    answer: str
+    kind: str
 
 
-def pair_f1(prediction: str, reference: str) -> float:
-    """F1 of the colour-shape pairs a caption names against the reference's: where word F1 scores "a blue circle
-    and a red square" as perfect for "a red circle and a blue square", this scores it 0."""
-    predicted, expected = named_pairs(prediction), named_pairs(reference)
-    named = len(predicted) + len(expected)
-    return 2 * len(predicted & expected) / named if named else 1.0
+@dataclass(frozen=True)
+class HeldOutReference:
+    """`reference` is what the harness's `refcoco` metric takes: the COCO box and the image's size."""
+
+    image: Path
+    expression: str
+    reference: dict
 
 
+@dataclass(frozen=True)
+class HeldOutCaption:
+    image: Path
+    caption: str
+
+
+@dataclass(frozen=True)
 class HeldOut:
     """The world's held-out evaluation sets: GQA-style questions by type, RefCOCO val boxes, reference captions."""
 
-    def __init__(self, world: dict, size: DemoSize):
+    questions: list[HeldOutQuestion]
+    references: list[HeldOutReference]
+    captions: list[HeldOutCaption]
+
+    @classmethod
+    def from_world(cls, world: dict, size: DemoSize) -> "HeldOut":
         images = Path(world["gqa_images"])
         questions = json.loads(Path(world["gqa_testdev"]).read_text())[: size.eval_questions]
-        # Questions are normalised as the stage-4 training text was (blip_caption: lower case, no punctuation).
-        self.questions = [
-            (images / q["image"], blip_caption(q["question"]), q["answer"], q["types"]["detailed"])
-            for q in questions
-        ]
         captions = json.loads(Path(world["caption_eval"]).read_text())[: size.eval_captions]
-        self.captions = [(images / c["image"], c["caption"]) for c in captions]
         refer_root = Path(world["refer_root"]) / "refcoco"
         image_entries, annotations = load_instances(refer_root / "instances.json")
         refs = [
             ref
             for ref in load_refs(refer_root / "refs(unc).p")
             if ref["split"] == world["refcoco_eval_split"]
-        ]
+        ][: size.eval_refs]
         coco = Path(world["coco_images"])
-        self.refs = []
-        for ref in refs[: size.eval_refs]:
-            entry = image_entries[ref["image_id"]]
-            x, y, w, h = annotations[ref["ann_id"]]["bbox"]
-            self.refs.append((coco / entry["file_name"], ref["sentences"][0]["sent"], (x, y, x + w, y + h)))
+        return cls(
+            # Questions are normalised as the stage-4 training text was (blip_caption: lower case, no punctuation).
+            questions=[
+                HeldOutQuestion(
+                    images / q["image"], blip_caption(q["question"]), q["answer"], q["types"]["detailed"]
+                )
+                for q in questions
+            ],
+            references=[
+                HeldOutReference(
+                    coco / image_entries[ref["image_id"]]["file_name"],
+                    ref["sentences"][0]["sent"],
+                    {
+                        "bbox": annotations[ref["ann_id"]]["bbox"],
+                        "width": image_entries[ref["image_id"]]["width"],
+                        "height": image_entries[ref["image_id"]]["height"],
+                    },
+                )
+                for ref in refs
+            ],
+            captions=[HeldOutCaption(images / c["image"], c["caption"]) for c in captions],
+        )
 
 
 def chat_prompt(processor, text: str | None) -> str:
@@ -136,61 +158,75 @@ def chat_prompt(processor, text: str | None) -> str:
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
-def answer(model, processor, image_paths, prompts, max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    answers = []
+def generations(
+    model, processor, image_paths, prompts, max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """Raw generations, as the evaluation harness makes them (its greedy settings, nothing cut)."""
+    texts = []
     for start in range(0, len(prompts), batch_size):
         images = [load_image(path) for path in image_paths[start : start + batch_size]]
-        raw = generate_answers(model, processor, images, prompts[start : start + batch_size], max_new_tokens)
-        answers.extend(processor.clean_answer(text) for text in raw)
-    return answers
+        texts += generate_answers(
+            model, processor, images, prompts[start : start + batch_size], max_new_tokens
+        )
+    return texts
 
 
-def evaluate_checkpoint(folder: Path, held_out: HeldOut, image_alone_captions: bool = False) -> dict:
-    """Held-out scores; `image_alone_captions` asks for captions in the layout stages 1-2 train on (BOS and the
-    image, no instruction) rather than the checkpoint's chat template."""
+def evaluate_checkpoint(folder: Path, held_out: HeldOut, image_alone_captions: bool) -> dict:
+    """Held-out scores, VQA and boxes by the harness's own metrics (`tinygptv eval`'s `gqa` and `refcoco`, standard
+    rules) on the checkpoint's own chat template; `image_alone_captions` asks for captions in the layout stages 0-2
+    train on (BOS and the image, no instruction)."""
     model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    paths = [q[0] for q in held_out.questions]
-    predictions = answer(
-        model, processor, paths, [chat_prompt(processor, f"[vqa] {q[1]}") for q in held_out.questions], 6
-    )
-    by_type: dict[str, list[bool]] = {}
-    for (_, _, truth, kind), predicted in zip(held_out.questions, predictions, strict=True):
-        by_type.setdefault(kind, []).append(predicted.strip().lower() == truth.lower())
-    correct = [hit for hits in by_type.values() for hit in hits]
-
-    paths = [r[0] for r in held_out.refs]
-    boxes = answer(
+    questions = held_out.questions
+    said = generations(
         model,
         processor,
-        paths,
-        [chat_prompt(processor, f"[refer] give me the location of {r[1]}") for r in held_out.refs],
+        [q.image for q in questions],
+        [chat_prompt(processor, f"[vqa] {q.question}") for q in questions],
+        6,
+    )
+    vqa = load_metric("gqa", "standard").compute(predictions=said, references=[q.answer for q in questions])
+    by_type: dict[str, list[float]] = {}
+    for question, hit in zip(questions, vqa["scores"], strict=True):
+        by_type.setdefault(question.kind, []).append(hit)
+
+    references = held_out.references
+    said = generations(
+        model,
+        processor,
+        [r.image for r in references],
+        [chat_prompt(processor, REFER_QUESTION.format(r.expression)) for r in references],
         16,
     )
-    ious = []
-    for (path, _, truth), text in zip(held_out.refs, boxes, strict=True):
-        width, height = load_image(path).size
-        parsed = parse_grounded_text(text, width, height)
-        ious.append(box_iou(parsed[0].box, truth) if parsed else 0.0)
+    boxes = load_metric("refcoco", "standard").compute(
+        predictions=said, references=[r.reference for r in references]
+    )
 
-    paths = [c[0] for c in held_out.captions]
+    captions = held_out.captions
     caption_prompt = (
         processor.tokenizer.bos_token + IMAGE_TOKEN if image_alone_captions else chat_prompt(processor, None)
     )
-    captions = answer(model, processor, paths, [caption_prompt] * len(paths), 24)
-    captioned = list(zip(captions, (reference for _, reference in held_out.captions), strict=True))
+    said = generations(model, processor, [c.image for c in captions], [caption_prompt] * len(captions), 24)
+    captioned = [(processor.clean_answer(text), c.caption) for text, c in zip(said, captions, strict=True)]
     return {
-        "vqa_accuracy": sum(correct) / len(correct),
+        "vqa_accuracy": vqa["accuracy"] / 100,
         "vqa_by_type": {kind: sum(hits) / len(hits) for kind, hits in sorted(by_type.items())},
-        "refer_iou50": sum(iou >= 0.5 for iou in ious) / len(ious),
-        "caption_f1": sum(word_f1(said, truth) for said, truth in captioned) / len(captioned),
-        "caption_pairs": sum(pair_f1(said, truth) for said, truth in captioned) / len(captioned),
+        "refer_iou50": boxes["accuracy"] / 100,
+        "caption_f1": sum(word_f1(text, truth) for text, truth in captioned) / len(captioned),
+        "caption_pairs": sum(pair_f1(text, truth) for text, truth in captioned) / len(captioned),
     }
 
 
-def final_loss(log_history: list[dict]) -> float | None:
+def stage_row(stage: int, folder: Path, held_out: HeldOut, seconds: float, log_history: list[dict]) -> dict:
+    """One line of the demo's table: the stage's time, first and last training loss, held-out scores."""
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    return losses[-1] if losses else None
+    return {
+        "stage": stage,
+        "seconds": seconds,
+        "first_loss": losses[0] if losses else None,
+        "loss": losses[-1] if losses else None,
+        **evaluate_checkpoint(folder, held_out, image_alone_captions=STAGES[stage].prompt_template is None),
+    }
 
 
 LOG_FILE = "demo.log"
@@ -284,7 +320,7 @@ def _run_demo(output_dir: Path, seed: int, size: DemoSize, echo) -> dict:
     torch.manual_seed(seed)
     started = time.perf_counter()
     world = write_synthetic_world(output_dir / "data", seed=seed, n_train=size.n_train, n_eval=size.n_eval)
-    held_out = HeldOut(world, size)
+    held_out = HeldOut.from_world(world, size)
     echo(
         f"synthetic world: {size.n_train} training scenes, {size.n_eval} held-out scenes in {output_dir / 'data'}; "
         f"libraries' messages and the training logs go to {output_dir / LOG_FILE}"
@@ -292,14 +328,7 @@ def _run_demo(output_dir: Path, seed: int, size: DemoSize, echo) -> dict:
 
     clock = time.perf_counter()
     model_dir = init_checkpoint(DEMO_PRESET, output_dir / "stage-0", seed=seed)
-    rows = [
-        {
-            "stage": 0,
-            "seconds": time.perf_counter() - clock,
-            "loss": None,
-            **evaluate_checkpoint(model_dir, held_out),
-        }
-    ]
+    rows = [stage_row(0, model_dir, held_out, time.perf_counter() - clock, [])]
     echo(format_table(rows))
     histories = {}
     for stage in sorted(TRAINING_STAGES):
@@ -310,17 +339,7 @@ def _run_demo(output_dir: Path, seed: int, size: DemoSize, echo) -> dict:
         result = run_recipe(recipe, trainer_callbacks=[StageProgress(stage)])
         recipe_card(recipe, result.final).save(result.final / "README.md")
         model_dir, histories[stage] = result.final, result.log_history
-        seconds = time.perf_counter() - clock
-        rows.append(
-            {
-                "stage": stage,
-                "seconds": seconds,
-                "loss": final_loss(result.log_history),
-                **evaluate_checkpoint(
-                    model_dir, held_out, image_alone_captions=STAGES[stage].prompt_template is None
-                ),
-            }
-        )
+        rows.append(stage_row(stage, model_dir, held_out, time.perf_counter() - clock, result.log_history))
         echo(format_row(rows[-1]))
 
     summary = {
@@ -354,36 +373,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([header, *map(format_row, rows)])
 
 
-# Run in a fresh interpreter where this package cannot be imported, so the folder's own remote code answers, as on
-# a machine that has only transformers. Reads [[image path, question], ...] on stdin, prints the answers as JSON.
-ANSWER_WITHOUT_PACKAGE = """
-import json, sys
-sys.modules["tinygptv_hf"] = None
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-folder, items = sys.argv[1], json.load(sys.stdin)
-model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-answers = []
-for path, question in items:
-    content = [{"type": "image"}, {"type": "text", "text": "[vqa] " + question}]
-    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = processor(images=[Image.open(path)], text=[prompt], return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    text = processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1]:])[0]
-    answers.append(processor.clean_answer(text))
-print(json.dumps(answers))
-"""
-
-
 def show_answers(model_dir: Path, held_out: HeldOut, count: int = 5) -> str:
     """Reload the final folder as a user without this package would (Auto class, its remote code) and answer
     held-out questions."""
     picked = held_out.questions[:count]
+    script = resources.files("tinygptv_hf").joinpath("resources/answer_without_package.py")
     result = subprocess.run(
-        [sys.executable, "-c", ANSWER_WITHOUT_PACKAGE, str(model_dir)],
-        input=json.dumps([[str(path), question] for path, question, _, _ in picked]),
+        [sys.executable, str(script), str(model_dir)],
+        input=json.dumps([[str(q.image), q.question] for q in picked]),
         capture_output=True,
         text=True,
         check=True,
@@ -391,8 +388,8 @@ def show_answers(model_dir: Path, held_out: HeldOut, count: int = 5) -> str:
     answers = json.loads(result.stdout.strip().splitlines()[-1])
     lines = [f"answers of {model_dir} (reloaded with AutoModelForImageTextToText, trust_remote_code=True):"]
     lines += [
-        f"  {path.name}: {question} -> {predicted!r} (truth {truth!r})"
-        for (path, question, truth, _), predicted in zip(picked, answers, strict=True)
+        f"  {q.image.name}: {q.question} -> {predicted!r} (truth {q.answer!r})"
+        for q, predicted in zip(picked, answers, strict=True)
     ]
     return "\n".join(lines)
 
