@@ -244,8 +244,8 @@ TP_WORKER = """
 import os, sys, torch
 from transformers import AutoModelForImageTextToText
 from transformers.distributed import DistributedConfig
-folder, output, image_token_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
-distributed = {"distributed_config": DistributedConfig(tp_size=2)} if "WORLD_SIZE" in os.environ else {}
+folder, output, image_token_id, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+distributed = {"distributed_config": DistributedConfig(tp_size=2)} if mode == "parallel" else {}
 model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, **distributed).eval()
 size = model.config.vision_config.image_size
 pixel_values = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -270,9 +270,9 @@ def test_tensor_parallel_on_two_cpu_processes_gives_the_single_process_logits(ti
     worker.write_text(TP_WORKER)
     image_token_id = str(TinyGPTVConfig.from_pretrained(tiny_checkpoint).image_token_id)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    for command, output in (([sys.executable], "single.pt"), (torchrun, "parallel.pt")):
+    for command, mode in (([sys.executable], "single"), (torchrun, "parallel")):
         run = subprocess.run(
-            [*command, str(worker), str(tiny_checkpoint), str(tmp_path / output), image_token_id],
+            [*command, str(worker), str(tiny_checkpoint), str(tmp_path / f"{mode}.pt"), image_token_id, mode],
             capture_output=True,
             text=True,
             timeout=300,
@@ -351,13 +351,18 @@ def test_convert_writes_one_image_token_id(tmp_path):
 
 
 def test_a_checkpoint_whose_processor_disagrees_with_the_config_is_not_written(tmp_path):
+    """The tokenizer's `<ImageHere>` is 1024 where the config says 3; the config asks for 32 queries per image
+    where the processor writes 3 placeholders."""
     tokenizer = build_tiny_tokenizer()
     config = distinct_config(text_config={**DISTINCT_WIDTHS["text_config"], "vocab_size": len(tokenizer)})
-    model = TinyGPTVForConditionalGeneration(config)
     processor = build_processor(tokenizer, config)
-    with pytest.raises(ValueError, match=r"image_token_id is 1024 in the processor but 3 in the config.*"
-                       r"num_query_tokens is 3 in the processor but 32"):  # fmt: skip
-        model.config.num_query_tokens = 32
+    config.num_query_tokens = 32
+    model = TinyGPTVForConditionalGeneration(config)
+    expected = (
+        r"image_token_id is 1024 in the processor but 3 in the config; "
+        r"num_query_tokens is 3 in the processor but 32 in the config"
+    )
+    with pytest.raises(ValueError, match=expected):
         save_checkpoint(model, processor, tmp_path)
     assert not any(tmp_path.iterdir())
 
