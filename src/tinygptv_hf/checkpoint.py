@@ -64,10 +64,29 @@ def fit_tokenizer(config: TinyGPTVConfig, tokenizer) -> TinyGPTVConfig:
     return config
 
 
+def check_processor_fits(config: TinyGPTVConfig, processor: TinyGPTVProcessor) -> None:
+    """Raise unless the processor writes the placeholders the model fills: the same image token id (SGLang takes the
+    token from the processor and its id from the config) and `num_query_tokens` of them per image."""
+    problems = [
+        f"{name} is {ours} in the processor but {theirs} in the config"
+        for name, ours, theirs in (
+            ("image_token_id", processor.image_token_id, config.image_token_id),
+            ("num_query_tokens", processor.num_query_tokens, config.num_query_tokens),
+        )
+        if ours != theirs
+    ]
+    if problems:
+        raise ValueError(
+            "The processor does not fit the model: " + "; ".join(problems) + ". Build the processor from the "
+            "model's config (checkpoint.build_processor) after fit_tokenizer."
+        )
+
+
 def save_checkpoint(
     model: TinyGPTVForConditionalGeneration, processor: TinyGPTVProcessor, output_dir
 ) -> Path:
     """Write a folder that loads with the Auto classes, with or without this package (remote code included)."""
+    check_processor_fits(model.config, processor)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = generation_config_for(processor.tokenizer, processor.end_symbol)

@@ -17,6 +17,23 @@ class TinyGPTVTextConfig(PhiConfig):
 
     model_type = "tinygptv_text"
     base_config_key = "text_config"
+    # Read by transformers' tensor parallelism and by vLLM's and SGLang's Transformers backends (which shard by
+    # `model.tp_plan` and split pipeline stages by `_pp_plan`). Phi's heads and MLP split as in Phi: the added q/k
+    # LayerNorms act within a head and the post-attention RMSNorm after the row-wise all-reduce.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.dense": "rowwise",
+        "layers.*.mlp.fc1": "colwise",
+        "layers.*.mlp.fc2": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "embed_dropout": (["inputs_embeds"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "final_layernorm": (["hidden_states"], ["hidden_states"]),
+    }
 
     qk_layernorm: bool = True
     post_attention_rms_norm_eps: float = 1e-6

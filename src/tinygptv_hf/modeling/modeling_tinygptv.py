@@ -61,7 +61,10 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
-    _supports_attention_backend = False
+    # Custom attention functions (`AttentionInterface`) reach every attention module: the language model's through
+    # Phi's attention, the vision tower's and Q-Former's through BLIP-2's. vLLM and SGLang serve the model through
+    # their Transformers backend only with this flag (`is_backend_compatible()`), and switch the text config alone.
+    _supports_attention_backend = True
     _can_compile_fullgraph = True
     # As in BLIP-2: the Q-Former and its queries stay float32 when the rest is in half precision (hard-coded in
     # `TinyGPTVModel.__init__` too, since this list only acts when weights are loaded).
@@ -158,9 +161,6 @@ def interpolate_position_embedding(
 
 
 class TinyGPTVModel(TinyGPTVPreTrainedModel):
-    # The backbone loads from a full checkpoint, whose LM head it has no place for.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
-
     def __init__(self, config: TinyGPTVConfig):
         super().__init__(config)
         self.vision_model = Blip2VisionModel(config.vision_config)
@@ -173,6 +173,15 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
         self.multi_modal_projector = TinyGPTVProjector(config)
         self.language_model = TinyGPTVTextModel(config.text_config)
         self.post_init()
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """The backbone loads from a full checkpoint, whose LM head it has no place for. Not through
+        `_keys_to_ignore_on_load_unexpected`: vLLM's and SGLang's Transformers backends build this class and turn
+        those patterns into rules that drop the matching checkpoint weights, their own LM head's included."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        loading_info.unexpected_keys = {
+            key for key in loading_info.unexpected_keys if not key.startswith(f"{LM_HEAD}.")
+        }
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -333,6 +342,9 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
 
 class TinyGPTVForConditionalGeneration(TinyGPTVPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {}
+    # The backbone's plans come from the text config; the LM head splits by vocabulary and gathers the logits.
+    _tp_plan = {LM_HEAD: "colwise_gather_output"}
+    _pp_plan = {LM_HEAD: (["hidden_states"], ["logits"])}
 
     def __init__(self, config: TinyGPTVConfig):
         super().__init__(config)
