@@ -420,10 +420,10 @@ def test_trainer_loss_on_labelled_positions_equals_the_full_models_loss_and_grad
     """The stage trainer applies the LM head only where a label follows; loss and every gradient must be the
     model's own full-logits loss, for rows whose answers sit at different positions, with and without
     `num_items_in_batch` (gradient accumulation)."""
-    from tinygptv_hf.trainers.trainer import STAGE_TRAINERS
+    from tinygptv_hf.trainers import TinyGPTVStageTrainer
 
     recipe = Recipe.load(write_recipe(tmp_path, 4, tiny_checkpoint, 1), world)
-    trainer = STAGE_TRAINERS[4](
+    trainer = TinyGPTVStageTrainer(
         AutoModelForImageTextToText.from_pretrained(tiny_checkpoint),
         recipe.training_arguments(),
         processor=AutoProcessor.from_pretrained(tiny_checkpoint),

@@ -73,6 +73,34 @@ def resolve_checkpoint(output_dir, resume: bool | str) -> Path:
     raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {output_dir}{detail}")
 
 
+def prepare_for_stage(model, processor, spec: StageSpec):
+    """Make a loaded model and its processor the stage's, and return the model to train (a `PeftModel` when the
+    stage has LoRA): both at the stage's image size, the stage's number, chat template and end symbol on the
+    processor, then `prepare_model_for_stage` (freeze, LoRA, unfreeze what the stage declares).
+
+    Done before any engine wraps the model: DDP, FSDP and DeepSpeed shard or replicate what they find, and FSDP
+    groups frozen and trainable parameters by what is frozen at that moment. Seed first (`set_seed`) for a
+    reproducible LoRA initialisation."""
+    model.set_image_size(spec.image_size)
+    processor.image_processor.size = {"height": spec.image_size, "width": spec.image_size}
+    model.config.stage = spec.stage
+    set_processor_stage(processor, spec.stage, spec.end_symbol)
+    return prepare_model_for_stage(model, spec)
+
+
+def is_prepared_for(model, spec: StageSpec) -> bool:
+    """Whether `prepare_for_stage(model, ..., spec)` has been applied: LoRA present exactly when the stage has
+    it, at the stage's image size, and exactly the stage's parameters (and the LoRA ones) trainable."""
+    if isinstance(model, PeftModel) != (spec.lora is not None):
+        return False
+    if model.config.vision_config.image_size != spec.image_size or model.config.stage != spec.stage:
+        return False
+    return all(
+        parameter.requires_grad == (spec.is_trainable(name) or ".lora_" in name)
+        for name, parameter in model.named_parameters()
+    )
+
+
 class EpochFromSteps(TrainerCallback):
     """Over one endless stream Trainer's `epoch` is the share of `max_steps` done; a resumed Trainer would count it
     from the resume point, so logs before and after a resume would disagree."""
@@ -116,7 +144,8 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 class TinyGPTVStageTrainer(Trainer):
-    """`transformers.Trainer` for one TinyGPT-V stage; subclasses only set `stage_spec`.
+    """`transformers.Trainer` for one TinyGPT-V stage, named by its `StageSpec` (``stage_spec=``); the four stage
+    trainers below only set it. A model not yet prepared for the stage is prepared here (`prepare_for_stage`).
 
     ``train_dataset`` is a `TrainingStream`, or a reader's (or `mix_datasets`') stream, which is then read
     without a shuffle buffer, or a Hub-style `messages` + `images` dataset, read through `read_messages` (see
@@ -133,17 +162,18 @@ class TinyGPTVStageTrainer(Trainer):
                 "dataloader_num_workers must be 0: the data stream's position and its bad-sample counts live in "
                 "the process that reads it, so that checkpoints can store them"
             )
-        self.stage_spec = stage_spec or self.stage_spec
+        self.stage_spec = stage_spec or getattr(self, "stage_spec", None)
+        if self.stage_spec is None:
+            raise TypeError(
+                "TinyGPTVStageTrainer needs stage_spec= (e.g. tinygptv_hf.stages.STAGES[2]), or use one of the "
+                "stage trainers (WarmupTrainer, PretrainingTrainer, InstructionTrainer, MultitaskTrainer)"
+            )
         train_dataset = training_samples(train_dataset)
         stream = train_dataset if isinstance(train_dataset, TrainingStream) else TrainingStream(train_dataset)
         self.train_stream = stream.for_rank(args.process_index, args.world_size)
-        set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
-        image_size = self.stage_spec.image_size
-        model.set_image_size(image_size)
-        processor.image_processor.size = {"height": image_size, "width": image_size}
-        model.config.stage = self.stage_spec.stage
-        set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
-        model = prepare_model_for_stage(model, self.stage_spec)
+        if not is_prepared_for(model, self.stage_spec):
+            set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
+            model = prepare_for_stage(model, processor, self.stage_spec)
         # The collator needs the raw samples; the stream restores its own position, where Trainer would replay;
         # old checkpoints are rotated out by `CompleteCheckpoints`, once the new one is complete. Set on a copy: the
         # caller's arguments stay as they gave them.
@@ -328,9 +358,3 @@ class InstructionTrainer(TinyGPTVStageTrainer):
 
 class MultitaskTrainer(TinyGPTVStageTrainer):
     stage_spec = MULTITASK
-
-
-STAGE_TRAINERS = {
-    cls.stage_spec.stage: cls
-    for cls in (WarmupTrainer, PretrainingTrainer, InstructionTrainer, MultitaskTrainer)
-}
