@@ -386,7 +386,8 @@ def test_paper_recipes_declare_valid_readers_and_arguments(stage, tmp_path):
     recipe.training.update(bf16=False, use_cpu=True)
     arguments = recipe.training_arguments()
     assert arguments.lr_scheduler_type == "cosine_warmup_with_min_lr"
-    assert arguments.lr_scheduler_kwargs["min_lr"] == STAGES[stage].min_learning_rate
+    rates = arguments.lr_scheduler_kwargs
+    assert rates["min_lr_rate"] * arguments.learning_rate == pytest.approx(STAGES[stage].min_learning_rate)
 
 
 def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint, world, tmp_path, capsys):

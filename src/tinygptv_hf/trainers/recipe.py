@@ -88,8 +88,9 @@ class Recipe:
             learning_rate=learning_rate,
             weight_decay=spec.weight_decay,
             lr_scheduler_type="cosine_warmup_with_min_lr",
+            # as rates of the learning rate: DeepSpeed's optimizers have no `defaults` to read it from
             lr_scheduler_kwargs={
-                "min_lr": spec.min_learning_rate,
+                "min_lr_rate": spec.min_learning_rate / learning_rate,
                 "warmup_lr_rate": spec.warmup_learning_rate / learning_rate,
             },
             adam_beta1=0.9,
@@ -175,14 +176,16 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     from .trainer import TinyGPTVStageTrainer, prepare_for_stage
 
     train_stream = recipe.training_stream()  # missing data paths fail here, before any model is loaded
-    args = recipe.training_arguments()
     spec = recipe.spec
     model_kwargs = dict(recipe.model)
     path = model_kwargs.pop("path")
+    # Loaded whole before the TrainingArguments exist: under DeepSpeed ZeRO-3 they would make transformers load it
+    # already partitioned, and preparing the stage resizes whole tensors; ZeRO-3 partitions it when training starts.
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, **model_kwargs)
     processor = AutoProcessor.from_pretrained(
         path, revision=model_kwargs.get("revision"), trust_remote_code=True
     )
+    args = recipe.training_arguments()
     set_seed(args.seed)  # LoRA's random initialisation
     model = prepare_for_stage(model, processor, spec)
     trainer = TinyGPTVStageTrainer(
