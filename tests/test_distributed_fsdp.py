@@ -63,7 +63,12 @@ def same_data(tmp_path_factory):
 def recipe(folder: Path, stage: int, checkpoint: Path, batch: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     saves = {"save_steps": 2} if stage == 3 else {}
-    return write_recipe(folder, stage, checkpoint, STEPS[stage], per_device_train_batch_size=batch, **saves)
+    captions = [
+        {"reader": "webdataset_captions", "shards": "${webdataset}"}
+    ]  # stage 3's own reader, same data
+    return write_recipe(
+        folder, stage, checkpoint, STEPS[stage], datasets=captions, per_device_train_batch_size=batch, **saves
+    )
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -213,12 +218,13 @@ def test_an_fsdp_wrap_class_matching_nothing_is_one_clear_line(tiny_checkpoint, 
     )
     result = launch("fsdp2.yaml", arguments, *options)
     assert result.returncode != 0
-    errors = {line for line in result.stderr.splitlines() if line.startswith("tinygptv train: error:")}
-    assert errors == {
-        "tinygptv train: error: FSDP wrap class(es) PhiDecoderLayer (fsdp_transformer_layer_cls_to_wrap) match no "
-        "module of this model; its layer classes are Blip2EncoderLayer,Blip2QFormerLayer,TinyGPTVDecoderLayer "
+    # one line from each process (written to one pipe, the two lines may interleave)
+    errors = [part.splitlines()[0] for part in result.stderr.split("tinygptv train: error: ")[1:]]
+    assert errors == 2 * [
+        "FSDP wrap class(es) PhiDecoderLayer (fsdp_transformer_layer_cls_to_wrap) match no module of this model; "
+        "its layer classes are Blip2EncoderLayer,Blip2QFormerLayer,TinyGPTVDecoderLayer "
         "(see configs/accelerate/fsdp2.yaml)"
-    }
+    ]
     assert not (tmp_path / "stage-1" / "final").exists()
 
 
