@@ -127,7 +127,7 @@ def check_engine_setup(model, args, fsdp_plugin=None, deepspeed_plugin=None) -> 
     if unmatched:
         raise ValueError(
             f"FSDP wrap class(es) {', '.join(unmatched)} (fsdp_transformer_layer_cls_to_wrap) match no module of "
-            f"this model; its layer classes are {','.join(sorted(name for name in present if name.endswith('Layer')))} "
+            f"this model; its layer classes are {','.join(sorted(n for n in present if n.endswith('Layer')))} "
             "(see configs/accelerate/fsdp2.yaml)"
         )
     if (
@@ -385,10 +385,9 @@ class TinyGPTVStageTrainer(Trainer):
         """The model with whole weights, for a folder: the model itself, or when it is sharded a plain copy on the
         main process built from the weights gathered there (`None` on the others; every process must call this,
         the gathering is collective). The sharded model goes on training untouched."""
+        # Not yet sharded either when a resume at max_steps trains nothing.
         wrapped = isinstance(self.model, FSDPModule) or self.model_wrapped is not self.model
-        if not (
-            self.is_sharded and wrapped
-        ):  # not sharded, or not yet (a resume at max_steps trains nothing)
+        if not (self.is_sharded and wrapped):
             return self.model
         if self.is_fsdp_enabled:
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
