@@ -22,7 +22,7 @@ from tinygptv_hf.cli import main
 from tinygptv_hf.data.synthetic import write_synthetic_world
 from tinygptv_hf.data.webdataset import read_tar_samples
 from tinygptv_hf.stages import STAGES
-from tinygptv_hf.trainers.trainer import COMPLETE_MARK, check_engine_setup
+from tinygptv_hf.trainers.trainer import COMPLETE_MARK, check_engine_setup, cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,22 @@ def test_fsdp2_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(
     for name in expected:
         assert torch.equal(expected[name], ours[name]), name
     assert losses(output) == losses(runs[3]["fsdp2"])
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="bf16 is emulated on this CPU (no AVX-512 bf16 or AMX)")
+def test_fsdp2_bf16_keeps_the_qformer_and_query_tokens_float32(runs, tiny_checkpoint, same_data, tmp_path):
+    """The config's own mixed precision (bf16): every unit computes in bf16, the stored (sharded) weights and the
+    final folder stay float32, Q-Former and query tokens included, and the losses stay near float32's."""
+    path = recipe(tmp_path, 3, tiny_checkpoint, batch=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["training"].update(bf16=True, max_steps=2)
+    path.write_text(yaml.safe_dump(raw))
+    result = launch("fsdp2.yaml", [str(path), *variables(same_data)])
+    assert result.returncode == 0, result.stderr[-4000:]
+    folder = weights(tmp_path / "stage-3" / "final")
+    assert {tensor.dtype for tensor in folder.values()} == {torch.float32}
+    assert any(".qformer." in name for name in folder) and "model.query_tokens" in folder
+    assert losses(tmp_path / "stage-3") == pytest.approx(losses(runs[3]["one"])[:2], rel=2e-3)
 
 
 REMOTE_GENERATE = textwrap.dedent(
