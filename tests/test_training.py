@@ -387,7 +387,8 @@ def test_paper_recipes_declare_valid_readers_and_arguments(stage, tmp_path):
     recipe.training.update(bf16=False, use_cpu=True)
     arguments = recipe.training_arguments()
     assert arguments.lr_scheduler_type == "cosine_warmup_with_min_lr"
-    assert arguments.lr_scheduler_kwargs["min_lr"] == STAGES[stage].min_learning_rate
+    rates = arguments.lr_scheduler_kwargs
+    assert rates["min_lr_rate"] * arguments.learning_rate == pytest.approx(STAGES[stage].min_learning_rate)
 
 
 def test_recipe_problems_fail_before_training_with_a_clear_error(tiny_checkpoint, world, tmp_path, capsys):
@@ -421,10 +422,10 @@ def test_trainer_loss_on_labelled_positions_equals_the_full_models_loss_and_grad
     """The stage trainer applies the LM head only where a label follows; loss and every gradient must be the
     model's own full-logits loss, for rows whose answers sit at different positions, with and without
     `num_items_in_batch` (gradient accumulation)."""
-    from tinygptv_hf.trainers.trainer import STAGE_TRAINERS
+    from tinygptv_hf.trainers import TinyGPTVStageTrainer
 
     recipe = Recipe.load(write_recipe(tmp_path, 4, tiny_checkpoint, 1), world)
-    trainer = STAGE_TRAINERS[4](
+    trainer = TinyGPTVStageTrainer(
         AutoModelForImageTextToText.from_pretrained(tiny_checkpoint),
         recipe.training_arguments(),
         processor=AutoProcessor.from_pretrained(tiny_checkpoint),

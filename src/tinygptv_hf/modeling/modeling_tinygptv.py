@@ -247,7 +247,9 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
             encoder_attention_mask=image_attention_mask,
             return_dict=True,
         )
-        compute_dtype = self.get_input_embeddings().weight.dtype
+        # The projector's own dtype: under FSDP2 mixed precision it computes in bf16 while the (separately sharded)
+        # embedding table still reads float32.
+        compute_dtype = self.multi_modal_projector.linear_1.weight.dtype
         image_features = self.multi_modal_projector(qformer_outputs.last_hidden_state.to(compute_dtype))
         return BaseModelOutputWithVisionQformerOutputs(
             last_hidden_state=vision_outputs.last_hidden_state,

@@ -12,12 +12,12 @@ from ..stages import (
 )
 from .collator import TinyGPTVCollator, compose_sequence, pad_sequences
 from .trainer import (
-    STAGE_TRAINERS,
     InstructionTrainer,
     MultitaskTrainer,
     PretrainingTrainer,
     TinyGPTVStageTrainer,
     WarmupTrainer,
+    prepare_for_stage,
 )
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "MULTITASK",
     "PRETRAINING",
     "STAGES",
-    "STAGE_TRAINERS",
     "WARMUP",
     "InstructionTrainer",
     "LoraSpec",
@@ -37,5 +36,6 @@ __all__ = [
     "WarmupTrainer",
     "compose_sequence",
     "pad_sequences",
+    "prepare_for_stage",
     "prepare_model_for_stage",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 from .. import data as data_readers
 from ..data import DataHealth, TrainingStream, mix_datasets
@@ -88,8 +88,9 @@ class Recipe:
             learning_rate=learning_rate,
             weight_decay=spec.weight_decay,
             lr_scheduler_type="cosine_warmup_with_min_lr",
+            # as rates of the learning rate: DeepSpeed's optimizers have no `defaults` to read it from
             lr_scheduler_kwargs={
-                "min_lr": spec.min_learning_rate,
+                "min_lr_rate": spec.min_learning_rate / learning_rate,
                 "warmup_lr_rate": spec.warmup_learning_rate / learning_rate,
             },
             adam_beta1=0.9,
@@ -172,22 +173,27 @@ def run_recipe(recipe: Recipe, resume: bool | str = False, trainer_callbacks=Non
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .trainer import STAGE_TRAINERS
+    from .trainer import TinyGPTVStageTrainer, prepare_for_stage
 
     train_stream = recipe.training_stream()  # missing data paths fail here, before any model is loaded
-    args = recipe.training_arguments()
+    spec = recipe.spec
     model_kwargs = dict(recipe.model)
     path = model_kwargs.pop("path")
+    # Loaded whole before the TrainingArguments exist: under DeepSpeed ZeRO-3 they would make transformers load it
+    # already partitioned, and preparing the stage resizes whole tensors; ZeRO-3 partitions it when training starts.
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, **model_kwargs)
     processor = AutoProcessor.from_pretrained(
         path, revision=model_kwargs.get("revision"), trust_remote_code=True
     )
-    trainer = STAGE_TRAINERS[recipe.stage](
+    args = recipe.training_arguments()
+    set_seed(args.seed)  # LoRA's random initialisation
+    model = prepare_for_stage(model, processor, spec)
+    trainer = TinyGPTVStageTrainer(
         model,
         args,
         processor=processor,
         train_dataset=train_stream,
-        stage_spec=recipe.spec,
+        stage_spec=spec,
         callbacks=trainer_callbacks,
     )
     trainer.train(resume_from_checkpoint=resume or None)

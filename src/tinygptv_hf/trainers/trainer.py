@@ -16,8 +16,11 @@ import re
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
@@ -73,6 +76,71 @@ def resolve_checkpoint(output_dir, resume: bool | str) -> Path:
     raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {output_dir}{detail}")
 
 
+def prepare_for_stage(model, processor, spec: StageSpec):
+    """Make a loaded model and its processor the stage's, and return the model to train (a `PeftModel` when the
+    stage has LoRA): both at the stage's image size, the stage's number, chat template and end symbol on the
+    processor, then `prepare_model_for_stage` (freeze, LoRA, unfreeze what the stage declares).
+
+    Done before any engine wraps the model: DDP, FSDP and DeepSpeed shard or replicate what they find, and FSDP
+    groups frozen and trainable parameters by what is frozen at that moment. Seed first (`set_seed`) for a
+    reproducible LoRA initialisation."""
+    model.set_image_size(spec.image_size)
+    processor.image_processor.size = {"height": spec.image_size, "width": spec.image_size}
+    model.config.stage = spec.stage
+    set_processor_stage(processor, spec.stage, spec.end_symbol)
+    return prepare_model_for_stage(model, spec)
+
+
+def is_prepared_for(model, spec: StageSpec) -> bool:
+    """Whether `prepare_for_stage(model, ..., spec)` has been applied: LoRA present exactly when the stage has
+    it, at the stage's image size, and exactly the stage's parameters (and the LoRA ones) trainable."""
+    if isinstance(model, PeftModel) != (spec.lora is not None):
+        return False
+    if model.config.vision_config.image_size != spec.image_size or model.config.stage != spec.stage:
+        return False
+    return all(
+        parameter.requires_grad == (spec.is_trainable(name) or ".lora_" in name)
+        for name, parameter in model.named_parameters()
+    )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 bf16 or AMX) and torch may use it: an
+    `ATEN_CPU_CAPABILITY=avx2` (or an AVX2-only CPU) leaves bf16 emulated, slower than float32."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability.startswith("AVX512") and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
+
+
+def check_engine_setup(model, args, fsdp_plugin=None, deepspeed_plugin=None) -> None:
+    """Refuse, in one line that says what to change, a setup that the engines would fail on late (after loading
+    and reading data, once per process) or that would run far slower than intended."""
+    if args.bf16 and args.device.type == "cpu" and not cpu_has_fast_bf16():
+        raise ValueError(
+            f"bf16 mixed precision on a CPU without fast bf16 (torch uses {torch.backends.cpu.get_cpu_capability()}, "
+            "no AVX-512 bf16 or AMX): it would be emulated, slower than float32; set bf16: false"
+        )
+    wrap = (fsdp_plugin and fsdp_plugin.transformer_cls_names_to_wrap) or ()
+    present = {type(module).__name__ for module in model.modules()}
+    unmatched = [name for name in wrap if name not in present]
+    if unmatched:
+        raise ValueError(
+            f"FSDP wrap class(es) {', '.join(unmatched)} (fsdp_transformer_layer_cls_to_wrap) match no module of "
+            f"this model; its layer classes are {','.join(sorted(n for n in present if n.endswith('Layer')))} "
+            "(see configs/accelerate/fsdp2.yaml)"
+        )
+    if (
+        deepspeed_plugin is not None
+        and deepspeed_plugin.zero_stage == 3
+        and getattr(model, "is_loaded_in_4bit", False)
+    ):
+        raise ValueError(
+            "DeepSpeed ZeRO-3 cannot partition bitsandbytes 4-bit weights: train this 4-bit (QLoRA) model with "
+            "ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or without DeepSpeed"
+        )
+
+
 class EpochFromSteps(TrainerCallback):
     """Over one endless stream Trainer's `epoch` is the share of `max_steps` done; a resumed Trainer would count it
     from the resume point, so logs before and after a resume would disagree."""
@@ -108,15 +176,44 @@ class CompleteCheckpoints(TrainerCallback):
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable tensors, whole: under FSDP each process holds a shard of each, gathered here (so every process
+    must call this, in the same order)."""
     return {
-        name: parameter.detach().cpu().contiguous()
+        name: whole(parameter.detach()).cpu().contiguous()
         for name, parameter in model.named_parameters()
         if parameter.requires_grad
     }
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def unsharded_copy(model, state: dict[str, torch.Tensor], spec: StageSpec):
+    """A plain model of `model`'s structure (LoRA included) holding the gathered full `state`: what FSDP and ZeRO-3
+    leave in `model` are shards. Built on the meta device and given the state's tensors, so nothing is initialised
+    twice; the buffers outside the state dict (the engines replicate buffers) are taken from `model` itself."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    # FSDP2 swaps a wrapped module's class for an `FSDPModule` subclass of it
+    plain_class = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))
+    with torch.device("meta"):
+        plain = plain_class(copy.deepcopy(base.config))
+        if isinstance(model, PeftModel):
+            plain = get_peft_model(plain, spec.lora.peft_config())
+    plain.load_state_dict(state, strict=True, assign=True)
+    buffers = dict(model.named_buffers())
+    for name, buffer in list(plain.named_buffers()):
+        if buffer.is_meta:
+            owner, _, attribute = name.rpartition(".")
+            plain.get_submodule(owner).register_buffer(
+                attribute, buffers[name].cpu().clone(), persistent=False
+            )
+    return plain
+
+
 class TinyGPTVStageTrainer(Trainer):
-    """`transformers.Trainer` for one TinyGPT-V stage; subclasses only set `stage_spec`.
+    """`transformers.Trainer` for one TinyGPT-V stage, named by its `StageSpec` (``stage_spec=``); the four stage
+    trainers below only set it. A model not yet prepared for the stage is prepared here (`prepare_for_stage`).
 
     ``train_dataset`` is a `TrainingStream`, or a reader's (or `mix_datasets`') stream, which is then read
     without a shuffle buffer, or a Hub-style `messages` + `images` dataset, read through `read_messages` (see
@@ -133,17 +230,18 @@ class TinyGPTVStageTrainer(Trainer):
                 "dataloader_num_workers must be 0: the data stream's position and its bad-sample counts live in "
                 "the process that reads it, so that checkpoints can store them"
             )
-        self.stage_spec = stage_spec or self.stage_spec
+        self.stage_spec = stage_spec or getattr(self, "stage_spec", None)
+        if self.stage_spec is None:
+            raise TypeError(
+                "TinyGPTVStageTrainer needs stage_spec= (e.g. tinygptv_hf.stages.STAGES[2]), or use one of the "
+                "stage trainers (WarmupTrainer, PretrainingTrainer, InstructionTrainer, MultitaskTrainer)"
+            )
         train_dataset = training_samples(train_dataset)
         stream = train_dataset if isinstance(train_dataset, TrainingStream) else TrainingStream(train_dataset)
         self.train_stream = stream.for_rank(args.process_index, args.world_size)
-        set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
-        image_size = self.stage_spec.image_size
-        model.set_image_size(image_size)
-        processor.image_processor.size = {"height": image_size, "width": image_size}
-        model.config.stage = self.stage_spec.stage
-        set_processor_stage(processor, self.stage_spec.stage, self.stage_spec.end_symbol)
-        model = prepare_model_for_stage(model, self.stage_spec)
+        if not is_prepared_for(model, self.stage_spec):
+            set_seed(args.seed)  # LoRA's random init happens here, before Trainer would seed
+            model = prepare_for_stage(model, processor, self.stage_spec)
         # The collator needs the raw samples; the stream restores its own position, where Trainer would replay;
         # old checkpoints are rotated out by `CompleteCheckpoints`, once the new one is complete. Set on a copy: the
         # caller's arguments stay as they gave them.
@@ -169,6 +267,10 @@ class TinyGPTVStageTrainer(Trainer):
             processing_class=processor,
             callbacks=callbacks,
             **kwargs,
+        )
+        state = self.accelerator.state
+        check_engine_setup(
+            model, args, getattr(state, "fsdp_plugin", None), getattr(state, "deepspeed_plugin", None)
         )
         # A caller's own progress display replaces Trainer's (its bar, and the log dicts it prints between redraws).
         if any(isinstance(callback, ProgressCallback) for callback in callbacks):
@@ -202,7 +304,7 @@ class TinyGPTVStageTrainer(Trainer):
                 )
             self.train_stream.load(checkpoint, self.stream_file)
             state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
-            if state.global_step >= self.args.max_steps:
+            if state.global_step >= self.args.max_steps and not self.is_deepspeed_enabled:
                 self._load_from_checkpoint(str(checkpoint))
                 self.state = state
                 return TrainOutput(state.global_step, 0.0, {})
@@ -254,20 +356,45 @@ class TinyGPTVStageTrainer(Trainer):
         in training is left as it is, at the cost of a second copy in memory while saving)."""
         output_dir = Path(output_dir or self.args.output_dir)
         if _internal_call:
+            # DeepSpeed checkpoints the weights itself, with its optimizer state (ZeRO-3 leaves no whole tensor here)
+            state = None if self.is_deepspeed_enabled else trainable_state(self.model)
             if self.args.should_save:
                 output_dir.mkdir(parents=True, exist_ok=True)
                 (output_dir / COMPLETE_MARK).unlink(missing_ok=True)
-                save_file(trainable_state(self.model), output_dir / TRAINABLE_WEIGHTS)
+                if state is not None:
+                    save_file(state, output_dir / TRAINABLE_WEIGHTS)
                 (output_dir / "stage.json").write_text(
                     json.dumps({"stage": self.stage_spec.stage, "name": self.stage_spec.name})
                 )
             return
-        model = self.model
-        if isinstance(model, PeftModel):
-            model = copy.deepcopy(model).merge_and_unload()
+        model = self.whole_model()
         if self.is_world_process_zero():
+            if isinstance(model, PeftModel):
+                model = (model if self.is_sharded else copy.deepcopy(model)).merge_and_unload()
             save_checkpoint(model, self.processing_class, output_dir)
         self.accelerator.wait_for_everyone()
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether each process holds only shards of the weights (FSDP, DeepSpeed ZeRO-3)."""
+        return self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
+
+    def whole_model(self):
+        """The model with whole weights, for a folder: the model itself, or when it is sharded a plain copy on the
+        main process built from the weights gathered there (`None` on the others; every process must call this,
+        the gathering is collective). The sharded model goes on training untouched."""
+        # Not yet sharded either when a resume at max_steps trains nothing.
+        wrapped = isinstance(self.model, FSDPModule) or self.model_wrapped is not self.model
+        if not (self.is_sharded and wrapped):
+            return self.model
+        if self.is_fsdp_enabled:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_model_state_dict(self.model, options=options)
+        else:
+            state = self.accelerator.get_state_dict(self.model_wrapped)  # ZeRO-3's own gathering
+        return unsharded_copy(self.model, state, self.stage_spec) if self.is_world_process_zero() else None
 
     # Private on purpose (transformers 5.24): `Trainer.train` loads the weights of a checkpoint it resumes through
     # this method only, and its own version expects a full state dict or a peft adapter, loaded non-strictly. No
@@ -294,22 +421,28 @@ class TinyGPTVStageTrainer(Trainer):
             )
         with torch.no_grad():
             for name, parameter in parameters.items():
-                parameter.copy_(saved[name])
+                tensor = saved[name].to(parameter.dtype)
+                if isinstance(parameter, DTensor):  # FSDP: this process keeps its shard of the whole tensor
+                    tensor = distribute_tensor(tensor, parameter.device_mesh, parameter.placements)
+                parameter.copy_(tensor)
 
     def finish_stage(self, output_dir=None) -> Path:
         """Write `<output_dir>/adapter` (LoRA against the stage's starting weights) and `<output_dir>/final`
         (merged, complete, loadable with the Auto classes and `trust_remote_code=True`)."""
         output_dir = Path(output_dir or self.args.output_dir)
-        model = self.model
+        model = self.whole_model()
         if isinstance(model, PeftModel):
             if self.is_world_process_zero():
                 model.save_pretrained(output_dir / "adapter")
             model = model.merge_and_unload()
-            self.model = model
-        model.requires_grad_(False)
+            if model is not None and not self.is_sharded:
+                self.model = model
         final = output_dir / "final"
+        if model is not None:
+            model.requires_grad_(False)
         if self.is_world_process_zero():
             save_checkpoint(model.eval(), self.processing_class, final)
+        self.accelerator.wait_for_everyone()
         logger.info("stage %s finished: %s", self.stage_spec.stage, final)
         return final
 
@@ -328,9 +461,3 @@ class InstructionTrainer(TinyGPTVStageTrainer):
 
 class MultitaskTrainer(TinyGPTVStageTrainer):
     stage_spec = MULTITASK
-
-
-STAGE_TRAINERS = {
-    cls.stage_spec.stage: cls
-    for cls in (WarmupTrainer, PretrainingTrainer, InstructionTrainer, MultitaskTrainer)
-}
