@@ -19,6 +19,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from tinygptv_hf import TinyGPTVForConditionalGeneration
 from tinygptv_hf.cards import render_model_card, stage_trainable_parameters
 from tinygptv_hf.checkpoint import init_checkpoint
+from tinygptv_hf.modeling.configuration_tinygptv import TRANSFORMERS_REQUIREMENT
 from tinygptv_hf.presets import preset_config
 from tinygptv_hf.publishing import PushError, push_stage
 from tinygptv_hf.stages import STAGES
@@ -268,6 +269,13 @@ def test_rendered_card_carries_recipe_results_and_sources(originals, tmp_path):
     assert loaded.data.eval_results[0].dataset_type == "gqa"
     assert "| `optimizer.name` | adamw |" in loaded.text and "| cc_sbu | 0.1 |" in loaded.text
     assert f"| `TinyGPT-V_for_Stage3.pth` | `{'ab' * 32}` |" in loaded.text
+    written_with = TinyGPTVForConditionalGeneration.config_class.from_pretrained(
+        originals[0]
+    ).transformers_version
+    assert (
+        f"runs on `{TRANSFORMERS_REQUIREMENT}` (these files were written\nwith transformers {written_with})"
+        in (loaded.text)
+    )
 
 
 def _full_size_skeleton():

@@ -12,6 +12,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modeling import TinyGPTVConfig, TinyGPTVForConditionalGeneration
+from .modeling.configuration_tinygptv import TRANSFORMERS_REQUIREMENT
 from .modeling.modeling_tinygptv import (
     LANGUAGE_MODEL,
     LM_HEAD,
@@ -188,6 +189,8 @@ def render_model_card(
         data_mix=data_mix,
         results=results,
         source_files=source_files,
+        transformers_requirement=TRANSFORMERS_REQUIREMENT,
+        written_with=model.config.transformers_version,
     )
 
 

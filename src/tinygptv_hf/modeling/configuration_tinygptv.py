@@ -1,12 +1,36 @@
 """TinyGPT-V configuration: EVA ViT-g + BLIP-2 Q-Former + two projections + Phi-2 with extra norms.
 
-This file ships as remote code: it may import only pip packages and siblings in its own folder.
+This file ships as remote code: it may import only pip packages and siblings in its own folder. Loading a folder
+imports it first, so it checks the installed transformers before anything imports transformers' internals.
 """
 
-from huggingface_hub.dataclasses import strict
-from transformers import PhiConfig
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
-from transformers.models.auto.configuration_auto import AutoConfig
+import importlib.metadata
+import re
+
+# The transformers releases the remote code runs on, [floor, ceiling): the one home of the range. 5.24 renamed the
+# models' `past_key_values` to `cache`, which this code is written against (docs/compatibility.md);
+# tests/test_version_matrix.py loads a folder on the floor and the newest release.
+TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING = (5, 24), (6, 0)
+TRANSFORMERS_REQUIREMENT = "transformers>={}.{},<{}".format(*TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING[0])
+
+
+def check_transformers_version(installed: str) -> None:
+    """Raise one ImportError naming `installed`, the range and the fix when it is outside the range (instead of a
+    missing name deep in an import). Release numbers only, so no `packaging` is needed: 5.24.0.dev0 is 5.24."""
+    release = tuple(int(part) for part in re.match(r"\d+(?:\.\d+)*", installed).group().split("."))
+    if not TRANSFORMERS_FLOOR <= release < TRANSFORMERS_CEILING:
+        raise ImportError(
+            f"TinyGPT-V's model code needs {TRANSFORMERS_REQUIREMENT}, but transformers {installed} is installed; "
+            f'run: pip install "{TRANSFORMERS_REQUIREMENT}"'
+        )
+
+
+check_transformers_version(importlib.metadata.version("transformers"))
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import PhiConfig  # noqa: E402
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec  # noqa: E402
+from transformers.models.auto.configuration_auto import AutoConfig  # noqa: E402
 
 VISION_POSITION_INITS = ("normal", "sincos")
 
