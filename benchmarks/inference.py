@@ -296,7 +296,7 @@ def apply_mode(model, mode: Mode):
     if mode.pack:
         pack_for_onednn(model, mode.dtype)
     if mode.gemm_choice:
-        from tinygptv_hf.modeling import use_cpu_gemm_choice
+        from tinygptv_hf.chat.cpu_float32 import use_cpu_gemm_choice
 
         use_cpu_gemm_choice(model.requires_grad_(False))
     if mode.compile:
@@ -531,7 +531,7 @@ def linear_kernels(budget_s: float = 2.0) -> dict:
     from torch.utils.mkldnn import to_mkldnn
 
     from tinygptv_hf.modeling import CpuInt8Linear
-    from tinygptv_hf.modeling.quantization_tinygptv import quantize_weight
+    from tinygptv_hf.modeling.integration_tinygptv import quantize_int8 as quantize_weight
 
     def layer(dtype=torch.float32):
         return torch.nn.Linear(2560, 10240).to(device(), dtype)

@@ -33,7 +33,8 @@ def int8_twin(model):
 
     from tinygptv_hf import TinyGPTVCpuInt8Config
     from tinygptv_hf.modeling import CpuInt8Linear
-    from tinygptv_hf.modeling.quantization_tinygptv import quantize_weight, replace_linear_layers
+    from tinygptv_hf.modeling.integration_tinygptv import quantize_int8 as quantize_weight
+    from tinygptv_hf.modeling.integration_tinygptv import replace_linear_layers
 
     with init_empty_weights(include_buffers=False):
         twin = type(model)(model.config)
@@ -48,7 +49,7 @@ def int8_twin(model):
 
 def set_gemm_choice(model, on: bool):
     """`use_cpu_gemm_choice` and its undoing (plain weights again, stock class)."""
-    from tinygptv_hf.modeling import CpuFloat32Linear, use_cpu_gemm_choice
+    from tinygptv_hf.chat.cpu_float32 import CpuFloat32Linear, use_cpu_gemm_choice
 
     if on:
         use_cpu_gemm_choice(model.requires_grad_(False))

@@ -59,6 +59,23 @@ def image_files(tmp_path_factory):
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def image_prompt(tiny_processor, image_files):
+    """A one-image chat prompt for the tiny checkpoint, as the processor makes it."""
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(image_files[0])},
+                {"type": "text", "text": "what is it"},
+            ],
+        }
+    ]
+    return tiny_processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
 def _folders_beside_repository() -> list[Path]:
     """Siblings of the clone, less any that hold the interpreter, the temp folder or the home folder."""
     needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, tempfile.gettempdir(), Path.home())]

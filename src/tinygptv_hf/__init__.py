@@ -14,6 +14,7 @@ from transformers import (
 
 from .modeling import (
     TinyGPTVConfig,
+    TinyGPTVCpuInt4Config,
     TinyGPTVCpuInt8Config,
     TinyGPTVForConditionalGeneration,
     TinyGPTVModel,
@@ -41,6 +42,7 @@ TinyGPTVProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "TinyGPTVConfig",
+    "TinyGPTVCpuInt4Config",
     "TinyGPTVCpuInt8Config",
     "TinyGPTVForConditionalGeneration",
     "TinyGPTVImageProcessor",

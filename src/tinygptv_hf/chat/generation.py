@@ -1,4 +1,5 @@
-"""The model behind a chat: loading a checkpoint (CPU int8, as saved, 8-bit or 4-bit) and streaming its answers."""
+"""The model behind a chat: loading a checkpoint (CPU int8 or int4, as saved, 8-bit or 4-bit) and streaming its
+answers."""
 
 import threading
 from collections.abc import Iterator
@@ -15,8 +16,9 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from ..modeling import to_float32_in_place, use_cpu_gemm_choice
+from ..modeling import TinyGPTVCpuInt4Config, TinyGPTVCpuInt8Config
 from ..processors.templates import MAX_NEW_TOKENS
+from .cpu_float32 import to_float32_in_place, use_cpu_gemm_choice
 
 
 @dataclass
@@ -52,12 +54,13 @@ class GenerationSettings:
         return {**kwargs, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
 
 
-QUANTIZATIONS = ("int8", "none", "8bit", "4bit")
+QUANTIZATIONS = ("int8", "int4", "none", "8bit", "4bit")
+CPU_QUANTIZATIONS = {"int8": TinyGPTVCpuInt8Config, "int4": TinyGPTVCpuInt4Config}
 
 
 def load_chat_model(path: str, quantization: str | None = None):
-    """Model and processor from a checkpoint folder or Hub id. `quantization`: "int8" (`cpu_int8`: int8 weights,
-    the fastest on a CPU), "none" (unquantized: on a CPU in float32 through the faster float32 GEMM of the machine,
+    """Model and processor from a checkpoint folder or Hub id. `quantization`: "int8" (int8 weights per channel,
+    docs/cpu-inference.md), "int4" (int4 weights in groups of 32: half int8's memory, more drift), "none" (unquantized: on a CPU in float32 through the faster float32 GEMM of the machine,
     since bf16 has no fast kernel on AVX2-only CPUs; on a GPU in the checkpoint's dtype), "8bit"/"4bit"
     (bitsandbytes); by default "int8" on a CPU and "none" on a GPU or for a checkpoint saved already quantized."""
     if quantization is not None and quantization not in QUANTIZATIONS:
@@ -68,10 +71,12 @@ def load_chat_model(path: str, quantization: str | None = None):
         if quantization is None:
             quantization = "int8" if device == "cpu" and not saved_quantized else "none"
         kwargs = {"device_map": device}
-        if quantization == "int8":
+        if quantization in CPU_QUANTIZATIONS:
             if device != "cpu":
-                raise ValueError("int8 is the CPU mode; on a GPU use the default weights, 8bit or 4bit.")
-            kwargs["cpu_int8"] = True
+                raise ValueError(
+                    f"{quantization} is a CPU mode; on a GPU use the default weights, 8bit or 4bit."
+                )
+            kwargs["quantization_config"] = CPU_QUANTIZATIONS[quantization]()
         elif quantization in ("8bit", "4bit"):
             kwargs["quantization_config"] = BitsAndBytesConfig(**{f"load_in_{quantization}": True})
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()

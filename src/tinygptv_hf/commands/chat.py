@@ -8,7 +8,8 @@ def add_model_arguments(parser):
     parser.add_argument("model", help="checkpoint folder or Hub id")
     weights = parser.add_mutually_exclusive_group()
     choices = [
-        ("--int8", "int8", "int8 weights for fast CPU inference (cpu_int8; the default on a CPU)"),
+        ("--int8", "int8", "int8 weights for fast CPU inference (the default on a CPU)"),
+        ("--int4", "int4", "int4 weights for CPU inference in half int8's memory (more drift)"),
         (
             "--full-weights",
             "none",

@@ -9,6 +9,7 @@ This file ships as remote code: it may import only pip packages and siblings in 
 """
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_tinygptv import TinyGPTVConfig
 from .modeling_tinygptv_phi import TinyGPTVTextModel
-from .quantization_tinygptv import cpu_int8_config
+from .quantizer_tinygptv import CPU_INT8_METHOD  # registers the CPU quantizers with transformers
 
 logger = logging.get_logger(__name__)
 
@@ -79,13 +80,23 @@ class TinyGPTVPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained` that raises on missing or unexpected weights instead of warning and
-        initialising them randomly, and that keeps `_bnb_skip_modules` unquantized under bitsandbytes by default.
-        Pass `output_loading_info=True` to load a partial checkpoint and inspect the keys yourself.
-        `cpu_int8=True` loads for fast CPU inference (int8 weights, see quantization_tinygptv.py)."""
+        initialising them randomly, and that keeps `_bnb_skip_modules` unquantized under bitsandbytes by default
+        (transformers has a hook for neither). Pass `output_loading_info=True` to load a partial checkpoint and
+        inspect the keys yourself. The CPU quantizations go through transformers' own `quantization_config`
+        (`{"quant_method": "tinygptv_cpu_int8"}` or `"tinygptv_cpu_int4"`); `cpu_int8=True`, its former spelling,
+        still works and warns."""
         if kwargs.pop("cpu_int8", False):
-            kwargs["quantization_config"] = cpu_int8_config(
-                kwargs.get("quantization_config"), kwargs.get("dtype")
+            if kwargs.get("quantization_config") is not None:
+                raise ValueError(
+                    "cpu_int8=True is a quantization of its own and cannot be combined with quantization_config; "
+                    f'pass only quantization_config={{"quant_method": "{CPU_INT8_METHOD}"}}.'
+                )
+            warnings.warn(
+                f'cpu_int8=True is deprecated: pass quantization_config={{"quant_method": "{CPU_INT8_METHOD}"}}.',
+                FutureWarning,
+                stacklevel=2,
             )
+            kwargs["quantization_config"] = {"quant_method": CPU_INT8_METHOD}
         quantization_config = kwargs.get("quantization_config")
         if (
             getattr(quantization_config, "quant_method", None) == "bitsandbytes"
