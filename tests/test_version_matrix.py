@@ -27,7 +27,6 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tinygptv_hf.modeling import quantization_tinygptv
 from tinygptv_hf.modeling.configuration_tinygptv import (
     TRANSFORMERS_CEILING,
     TRANSFORMERS_FLOOR,
@@ -63,7 +62,7 @@ PROBE = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, **remote)
     image_processor = AutoImageProcessor.from_pretrained(folder, **remote)
     model = AutoModelForImageTextToText.from_pretrained(folder, **remote).eval()
-    int8 = AutoModelForImageTextToText.from_pretrained(folder, cpu_int8=True, **remote).eval()
+    int8 = AutoModelForImageTextToText.from_pretrained(folder, quantization_config={"quant_method": "tinygptv_cpu_int8"}, **remote).eval()
     lora = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(folder, **remote), adapter).eval()
 
     messages = [{"role": "user", "content": [{"type": "image", "path": image_path}, {"type": "text", "text": question}]}]
@@ -255,7 +254,9 @@ def expected(tiny_checkpoint, lora_adapter, image_files):
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
-    int8 = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, cpu_int8=True).eval()
+    int8 = AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, quantization_config={"quant_method": "tinygptv_cpu_int8"}
+    ).eval()
     lora = PeftModel.from_pretrained(
         AutoModelForImageTextToText.from_pretrained(tiny_checkpoint), lora_adapter
     )
@@ -278,11 +279,8 @@ def expected(tiny_checkpoint, lora_adapter, image_files):
 
 @pytest.mark.slow
 def test_remote_code_matches_the_package_on_every_release_of_the_matrix(
-    releases, tiny_checkpoint, lora_adapter, image_files, expected, tmp_path, monkeypatch
+    releases, tiny_checkpoint, lora_adapter, image_files, expected, tmp_path
 ):
-    # The remote int8 code multiplies prompts in the dtype this process timed, so that the logits can match.
-    dtype_name = str(quantization_tinygptv.many_rows_dtype()).removeprefix("torch.")
-    monkeypatch.setenv(quantization_tinygptv.MANY_ROWS_DTYPE_VARIABLE, dtype_name)
     shipped = sorted(path.stem for path in tiny_checkpoint.glob("*.py"))
     for transformers_version, peft_version in releases["inside"]:
         venv = matrix_venv([f"transformers=={transformers_version}", f"peft=={peft_version}"])
