@@ -258,9 +258,10 @@ class TinyGPTVModel(TinyGPTVPreTrainedModel):
             encoder_attention_mask=image_attention_mask,
             return_dict=True,
         )
-        # The projector's own dtype: under FSDP2 mixed precision it computes in bf16 while the (separately sharded)
-        # embedding table still reads float32.
-        compute_dtype = self.multi_modal_projector.linear_1.weight.dtype
+        # The projector's own compute dtype, read from its bias: under FSDP2 mixed precision it computes in bf16
+        # while the (separately sharded) embedding table still reads float32, and a quantized projector's weight is
+        # int8 or int4 while its bias keeps the dtype its inputs take.
+        compute_dtype = self.multi_modal_projector.linear_1.bias.dtype
         image_features = self.multi_modal_projector(qformer_outputs.last_hidden_state.to(compute_dtype))
         return BaseModelOutputWithVisionQformerOutputs(
             last_hidden_state=vision_outputs.last_hidden_state,
