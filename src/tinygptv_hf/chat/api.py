@@ -289,7 +289,7 @@ def _decode(data: bytes, param: str) -> Image.Image:
         reason = str(error)
     except Exception as error:  # PIL's many ways of saying "not an image"
         raise ApiError(
-            f"The upload is not a readable image ({error}); send a PNG, JPEG, WebP or another image file.",
+            f"The upload is not an image ({type(error).__name__}); send a PNG, JPEG, WebP or another image file.",
             param,
             "invalid_image",
         ) from error
@@ -302,7 +302,7 @@ def _decode(data: bytes, param: str) -> Image.Image:
             "invalid_image",
         )
     try:
-        return to_rgb(load_image(header, name="the upload"))
+        return to_rgb(load_image(header, name="data"))
     except ImageLoadError as error:
         raise ApiError(
             f"{error}; send a complete PNG, JPEG, WebP or another image file.", param, "invalid_image"
@@ -338,7 +338,8 @@ def build_app(model, processor, name: str, max_batch: int = 8, allow_image_urls:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        sizes = scheduler.batch_sizes
+        return {"status": "ok", "batches": len(sizes), "largest_batch": max(sizes, default=0)}
 
     @app.get("/v1/models")
     async def models():
@@ -353,9 +354,15 @@ def build_app(model, processor, name: str, max_batch: int = 8, allow_image_urls:
         except json.JSONDecodeError as error:
             raise ApiError(f"The request body is not valid JSON ({error}); send a JSON object.") from error
         except ValidationError as error:
-            problem = error.errors()[0]
-            where = ".".join(str(part) for part in problem["loc"])
-            raise ApiError(f"{where}: {problem['msg']} (got {problem.get('input')!r:.80}).", where) from error
+            problems = error.errors()
+            where = [".".join(str(part) for part in problem["loc"]) for problem in problems]
+            message = "; ".join(
+                f"{place}: {problem['msg']} (got {problem.get('input')!r:.60})"
+                for place, problem in zip(where, problems, strict=True)
+            )
+            raise ApiError(
+                f"The request does not follow the chat completions schema: {message}.", where[0]
+            ) from error
         prepared = await asyncio.to_thread(completions.prepare, body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
