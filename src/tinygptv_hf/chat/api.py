@@ -16,6 +16,7 @@ import json
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -324,6 +325,8 @@ def build_app(model, processor, name: str, max_batch: int = 8, allow_image_urls:
     scheduler = BatchScheduler(model, processor, max_batch)
     completions = ChatCompletions(scheduler, name, allow_image_urls)
     created = int(time.time())
+    # One thread prepares the requests: a fast tokenizer used from two threads at once can fail ("Already borrowed")
+    preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinygptv-prepare")
     app = fastapi.FastAPI(title="TinyGPT-V", openapi_url=None)
     app.state.scheduler = scheduler
     app.add_middleware(CancelOnDisconnect)
@@ -363,7 +366,7 @@ def build_app(model, processor, name: str, max_batch: int = 8, allow_image_urls:
             raise ApiError(
                 f"The request does not follow the chat completions schema: {message}.", where[0]
             ) from error
-        prepared = await asyncio.to_thread(completions.prepare, body)
+        prepared = await asyncio.get_running_loop().run_in_executor(preparing, completions.prepare, body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = Job(

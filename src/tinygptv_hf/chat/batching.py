@@ -6,7 +6,7 @@ ones that sample alike into one batch, so N users cost about one generation's st
 decodes its text and hands each new piece to the request, so streaming needs no streamer, which `generate` allows
 only for a batch of one. Left padding with the attention mask leaves each row's greedy answer as it is alone.
 
-Static batching, not continuous: a request arriving during a generation waits for it to end (docs/serve-http.md).
+Static batching, not continuous: a request arriving during a generation waits for it to end (docs/serve-http.md#batching).
 """
 
 import threading
