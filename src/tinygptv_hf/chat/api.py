@@ -33,8 +33,7 @@ INSTALL_HINT = "the HTTP server needs FastAPI, uvicorn and openai: pip install '
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # Far above any photo, far below what would exhaust memory once decoded (PIL's own bomb check starts at 89 M)
 MAX_IMAGE_PIXELS = 40_000_000
-# Stage-4 tasks that are about a picture; the boxes of their answers are returned parsed
-IMAGE_TASKS = TASK_TOKENS
+# Stage-4 tasks (all about a picture) whose answers' boxes are returned parsed
 BOX_TASKS = ("[refer]", "[grounding]", "[detection]")
 
 
@@ -110,9 +109,8 @@ class Prepared:
 class ChatCompletions:
     """Requests -> prepared jobs -> responses, for one model under one name."""
 
-    def __init__(self, scheduler: BatchScheduler, name: str, allow_image_urls: bool = False):
-        self.scheduler = scheduler
-        self.processor = scheduler.processor
+    def __init__(self, processor, name: str, allow_image_urls: bool = False):
+        self.processor = processor
         self.name = name
         self.allow_image_urls = allow_image_urls
 
@@ -128,9 +126,9 @@ class ChatCompletions:
             )
         messages, images = [], []
         for index, message in enumerate(request.messages):
-            parts = [] if isinstance(message.content, str) else message.content or []
-            content = [{"type": "text", "text": message.content}] if isinstance(message.content, str) else []
-            for part in parts:
+            text = isinstance(message.content, str)
+            content = [{"type": "text", "text": message.content}] if text else []
+            for part in [] if text else message.content or []:
                 if part.type == "text":
                     content.append({"type": "text", "text": part.text or ""})
                 elif part.image_url is None:
@@ -142,7 +140,7 @@ class ChatCompletions:
             messages.append({"role": role, "content": content})
         question = _last_user_text(messages)
         task = next((token for token in TASK_TOKENS if question.lstrip().startswith(token)), None)
-        if task in IMAGE_TASKS and not images:
+        if task is not None and not images:
             raise ApiError(
                 f"{task} asks about a picture but the request has none; add an image_url part with a data URL "
                 "(data:image/png;base64,...).",
@@ -323,7 +321,7 @@ def build_app(model, processor, name: str, max_batch: int = 8, allow_image_urls:
 
     ChatRequest = _request_types()
     scheduler = BatchScheduler(model, processor, max_batch)
-    completions = ChatCompletions(scheduler, name, allow_image_urls)
+    completions = ChatCompletions(processor, name, allow_image_urls)
     created = int(time.time())
     # One thread prepares the requests: a fast tokenizer used from two threads at once can fail ("Already borrowed")
     preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinygptv-prepare")
