@@ -138,6 +138,9 @@ def main():
     parser.add_argument("--requests-per-user", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="requests answered before measuring (default: 1)"
+    )
     parser.add_argument("--full-weights", action="store_true", help="unquantized float32 instead of int8")
     args = parser.parse_args()
 
@@ -164,7 +167,8 @@ def main():
         ).decode()
     )
     try:
-        load(client, 1, 1, args.max_tokens, image)  # warm-up: first-call allocations, oneDNN primitives
+        if args.warmup:  # first-call allocations, oneDNN primitives
+            load(client, 1, args.warmup, args.max_tokens, image)
         results = []
         for users in args.users:
             health = get_json(f"http://127.0.0.1:{port}/health")

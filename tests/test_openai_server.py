@@ -175,6 +175,11 @@ def test_grounding_answers_carry_boxes_that_parse(client, image, question):
     assert message.model_extra["boxes"] == [
         {"phrase": box.phrase, "box": list(box.box), "normalized": list(box.normalized)} for box in boxes
     ]
+    streamed = client.chat.completions.create(
+        model=NAME, messages=ask(question, image), temperature=0, max_tokens=60, stream=True
+    )
+    last = [chunk for chunk in streamed if chunk.choices][-1]
+    assert last.choices[0].delta.model_extra["boxes"] == message.model_extra["boxes"]
 
 
 def test_stop_strings_end_the_answer(client, image):
