@@ -364,16 +364,17 @@ def build_app(model, processor, name: str, max_batch: int = 8, allow_image_urls:
             raise ApiError(
                 f"The request does not follow the chat completions schema: {message}.", where[0]
             ) from error
-        prepared = await asyncio.get_running_loop().run_in_executor(preparing, completions.prepare, body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = Job(
-            prepared.inputs,
-            prepared.settings,
-            prepared.stops,
-            deliver=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-        )
-        scheduler.submit(job)
+        with scheduler.arriving():
+            prepared = await loop.run_in_executor(preparing, completions.prepare, body)
+            job = Job(
+                prepared.inputs,
+                prepared.settings,
+                prepared.stops,
+                deliver=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            )
+            scheduler.submit(job)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(

@@ -12,6 +12,7 @@ Static batching, not continuous: a request arriving during a generation waits fo
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -110,17 +111,20 @@ class _RowsCriteria(StoppingCriteria):
 class BatchScheduler:
     """Runs the jobs `submit`ted from any thread in batches of up to `max_batch` on one worker thread.
 
-    After taking the oldest waiting job the worker waits `gather_s` for companions, so that clients answered by the
-    same batch, who come back together, share the next one too.
+    After taking the oldest waiting job the worker waits `gather_s` for companions, and up to `arriving_s` for the
+    requests still being prepared (`arriving`), so that clients answered by the same batch, who come back together,
+    share the next one too rather than wait for a whole generation.
     """
 
-    def __init__(self, model, processor, max_batch: int = 8, gather_s: float = 0.02):
+    def __init__(self, model, processor, max_batch: int = 8, gather_s: float = 0.02, arriving_s: float = 2.0):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}.")
         self.model = model
         self.processor = processor
         self.max_batch = max_batch
         self.gather_s = gather_s
+        self.arriving_s = arriving_s
+        self._arriving = 0
         self.batch_sizes: list[int] = []  # one entry per batch run, for tests and measurements
         self._waiting: list[Job] = []
         self._condition = threading.Condition()
@@ -136,6 +140,18 @@ class BatchScheduler:
             self._waiting.append(job)
             self._condition.notify()
 
+    @contextmanager
+    def arriving(self):
+        """Around a request's preparation: the worker may wait for it to join the next batch."""
+        with self._condition:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._arriving -= 1
+                self._condition.notify()
+
     def _work(self) -> None:
         while True:
             batch = self._next_batch()
@@ -148,8 +164,12 @@ class BatchScheduler:
     def _next_batch(self) -> list[Job]:
         with self._condition:
             self._condition.wait_for(lambda: self._waiting)
-            deadline = time.monotonic() + self.gather_s
-            while len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            started = time.monotonic()
+            while len(self._waiting) < self.max_batch:
+                waited = time.monotonic() - started
+                left = (self.arriving_s if self._arriving else self.gather_s) - waited
+                if left <= 0:
+                    break
                 self._condition.wait(left)
             first = self._waiting[0]
             batch, longest, most_new = [], 0, 0
