@@ -30,7 +30,7 @@ def until_end_symbol(pieces: Iterable[str], end_symbol: str) -> Iterator[str]:
             if cut:
                 yield pending[:cut]
             return
-        ready = len(pending) - _start_of_symbol(pending, end_symbol)
+        ready = len(pending) - start_of_symbol(pending, end_symbol)
         if ready:
             yield pending[:ready]
             pending = pending[ready:]
@@ -38,7 +38,7 @@ def until_end_symbol(pieces: Iterable[str], end_symbol: str) -> Iterator[str]:
         yield pending
 
 
-def _start_of_symbol(text: str, symbol: str) -> int:
+def start_of_symbol(text: str, symbol: str) -> int:
     """Length of the longest end of `text` that `symbol` begins with."""
     for size in range(min(len(text), len(symbol) - 1), 0, -1):
         if symbol.startswith(text[-size:]):
