@@ -137,7 +137,8 @@ def prepare(args) -> None:
 
 
 def llama_bench(path: Path) -> dict:
-    """`llama-bench`'s tokens/s for prefill (pp55) and decode (tg64) at each thread count, median of 3."""
+    """`llama-bench`'s tokens/s for prefill (pp55) and decode (tg64) at each thread count: the mean of 3 runs (its
+    `avg_ts`; the spread is kept beside it)."""
     command = [str(BIN / "llama-bench"), "-m", str(path), "-t", ",".join(map(str, THREADS))]
     command += ["-p", str(PROMPT), "-n", str(GENERATED), "-r", "3", "-o", "json"]
     runs = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
@@ -145,6 +146,7 @@ def llama_bench(path: Path) -> dict:
     for run in runs:
         kind = "prefill" if run["n_prompt"] else "decode"
         rates[f"{kind}_tok_s_{run['n_threads']}t"] = run["avg_ts"]
+        rates[f"{kind}_tok_s_{run['n_threads']}t_stddev"] = run["stddev_ts"]
     return rates
 
 
