@@ -248,8 +248,9 @@ def report(sessions: list[dict]) -> str:
     parts = []
     for session in sessions:
         end = " / ".join(f"{x:.1f}" for x in session.get("load_averages_end", []))
+        end = f"Load average at the end: {end}." if end else "The run had not finished: the rows so far."
         parts.append(
-            f"{machine_line(session['machine'])} Load average at the end: {end}. Model: stock Phi-2 part of "
+            f"{machine_line(session['machine'])} {end} Model: stock Phi-2 part of "
             f"`{session['model']}`, random weights; llama.cpp {session['llama_cpp']['llama_cpp_commit'][:9]} "
             f"(llama-cpp-python {session['llama_cpp']['llama_cpp_python']}, `-DGGML_NATIVE=ON`). Decode: batch 1 "
             f"(llama.cpp: `llama-bench` tg{GENERATED}; ours: median step of `generate`); prefill: {PROMPT} tokens; "
