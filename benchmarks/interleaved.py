@@ -17,62 +17,45 @@ Measured per round: image encoding at 224 px, time to first token of `generate` 
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
+import modes
 import torch
-from _common import machine, memory_bandwidth, peak_memory_gb, random_tinygptv
-from inference import TEXT_TOKENS, Mode, decode_bytes_per_step, fixed_prompt, generate, prompt_embeddings
+from _common import (
+    decode_steps,
+    machine,
+    machine_line,
+    memory_bandwidth,
+    peak_memory_gb,
+    random_tinygptv,
+    seconds,
+    table,
+    timed_generate,
+)
+from inference import TEXT_TOKENS, decode_bytes_per_step, fixed_prompt, prompt_embeddings
 
-TINYGPTV = Mode("tinygptv", "random", torch.float32)
-
-
-def int8_twin(model):
-    """A cpu_int8 model with `model`'s weights: its Linear layers quantized, every other tensor shared."""
-    from accelerate import init_empty_weights
-
-    from tinygptv_hf import TinyGPTVCpuInt8Config
-    from tinygptv_hf.modeling import CpuInt8Linear
-    from tinygptv_hf.modeling.integration_tinygptv import quantize_int8 as quantize_weight
-    from tinygptv_hf.modeling.integration_tinygptv import replace_linear_layers
-
-    with init_empty_weights(include_buffers=False):
-        twin = type(model)(model.config)
-    replace_linear_layers(twin, TinyGPTVCpuInt8Config())
-    state = dict(model.state_dict())
-    for name, module in twin.named_modules():
-        if isinstance(module, CpuInt8Linear):
-            state[f"{name}.weight"], state[f"{name}.weight_scale"] = quantize_weight(state[f"{name}.weight"])
-    twin.load_state_dict(state, assign=True)
-    return twin.eval()
-
-
-def set_gemm_choice(model, on: bool):
-    """`use_cpu_gemm_choice` and its undoing (plain weights again, stock class)."""
-    from tinygptv_hf.chat.cpu_float32 import CpuFloat32Linear, use_cpu_gemm_choice
-
-    if on:
-        use_cpu_gemm_choice(model.requires_grad_(False))
-    else:
-        for module in model.modules():
-            if type(module) is CpuFloat32Linear:
-                module.unpack()
-                module.__class__ = torch.nn.Linear
+TINYGPTV = modes.mode("fp32")
+# Each mode as the table defines it, made from the one float32 model: its transforms applied in turn (and undone),
+# cpu-int8 as a twin sharing every unquantized tensor.
+MODES = ("fp32", "fp32-gemm-choice", "cpu-int8")
 
 
 def measure_round(model, prompt, embeds, new_tokens: int) -> dict:
-    start = time.perf_counter()
-    model.get_image_features(prompt["pixel_values"])
-    result = {"encode_s": time.perf_counter() - start}
-    _, stamps = generate(model, 1, **prompt)
-    result["first_token_s"] = stamps[0]
+    (encode,) = seconds(lambda: model.get_image_features(prompt["pixel_values"]), 1, warmup=0)
+    result = {"encode_s": encode, "first_token_s": timed_generate(model, 1, **prompt)[1][0]}
     for batch in (1, 8):
-        _, stamps = generate(model, new_tokens, inputs_embeds=embeds.expand(batch, -1, -1).contiguous())
+        _, stamps = timed_generate(model, new_tokens, inputs_embeds=embeds.expand(batch, -1, -1).contiguous())
         result[f"prefill_{batch}_s"] = stamps[0]
-        result[f"decode_{batch}_steps_s"] = [
-            later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)
-        ]
+        result[f"decode_{batch}_steps_s"] = decode_steps(stamps)
     return result
+
+
+def switch(model, name: str):
+    """`model` as mode `name` runs it: the GEMM choice on or off (the only transform these modes use)."""
+    if modes.gemm_choice in modes.mode(name).transforms:
+        modes.gemm_choice(model)
+    else:
+        modes.undo_gemm_choice(model)
 
 
 def main():
@@ -87,6 +70,7 @@ def main():
     args = parser.parse_args()
 
     session = {
+        "benchmark": "interleaved",
         "machine": machine(),
         "preset": args.preset,
         "text_layers": args.text_layers,
@@ -99,30 +83,29 @@ def main():
         text_config={"num_hidden_layers": args.text_layers},
     )
     fp32.eval()
-    int8 = int8_twin(fp32)
-    modes = {"fp32": (fp32, False), "fp32-gemm-choice": (fp32, True), "cpu-int8": (int8, False)}
-    rounds = {name: [] for name in modes}
+    models = {"fp32": fp32, "fp32-gemm-choice": fp32, "cpu-int8": modes.cpu_int8_twin(fp32)}
+    rounds = {name: [] for name in MODES}
     with torch.inference_mode():
         prompt = fixed_prompt(fp32, TINYGPTV)
         embeds = prompt_embeddings(fp32, TINYGPTV, prompt)
-        for model, gemm_choice in modes.values():  # warm-up: calibrations, first-call allocations
-            set_gemm_choice(fp32, gemm_choice)
-            measure_round(model, prompt, embeds, 2)
+        for name in MODES:  # warm-up: calibrations, first-call allocations
+            switch(fp32, name)
+            measure_round(models[name], prompt, embeds, 2)
         for _ in range(args.rounds):
-            for name, (model, gemm_choice) in modes.items():
-                set_gemm_choice(fp32, gemm_choice)
-                rounds[name].append(measure_round(model, prompt, embeds, args.new_tokens))
+            for name in MODES:
+                switch(fp32, name)
+                rounds[name].append(measure_round(models[name], prompt, embeds, args.new_tokens))
                 print(json.dumps({name: rounds[name][-1]}), flush=True)
         context = embeds.shape[1] + args.new_tokens // 2
         session["decode_bytes"] = {
-            name: {b: decode_bytes_per_step(model, b, context, torch.float32) for b in (1, 8)}
-            for name, (model, _) in modes.items()
+            name: {b: decode_bytes_per_step(models[name], b, context, torch.float32) for b in (1, 8)}
+            for name in MODES
         }
     session.update(rounds=rounds, peak=peak_memory_gb(), bandwidth_end=memory_bandwidth())
     session["summary"] = summary(rounds)
     if args.output:
         args.output.write_text(json.dumps(session, indent=1))
-    print(report(session))
+    print(report([session]))
 
 
 def summary(rounds: dict) -> dict:
@@ -138,28 +121,37 @@ def summary(rounds: dict) -> dict:
     return table
 
 
-def report(session: dict) -> str:
-    m, table = session["machine"], session["summary"]
-    base = table["fp32"]
-    lines = [
-        f"Machine: {m['device']} ({m['cpu_features']}), {m['cores']} cores, {m['threads']} threads; torch "
-        f"{m['torch']}; {m['date']}, load average {m['load_average']:.1f} at the start. Model: `{session['preset']}` with "
-        f"{session['text_layers']} decoder layers, {TEXT_TOKENS} text + 32 image tokens; medians over "
-        f"{len(session['rounds']['fp32'])} interleaved rounds; ratios against fp32 of the same rounds.",
-        "",
-        "| mode | encoding 224 px | first token with image | prefill b1 | decode b1 tok/s | decode b8 tok/s | "
-        "b8 / b1 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in table.items():
-        lines.append(
-            f"| {name} | {row['encode_s']:.2f} s ({base['encode_s'] / row['encode_s']:.2f}x) | "
-            f"{row['first_token_s']:.2f} s ({base['first_token_s'] / row['first_token_s']:.2f}x) | "
-            f"{row['prefill_1_s']:.2f} s | {row['decode_1_tok_s']:.3g} ({row['decode_1_tok_s'] / base['decode_1_tok_s']:.2f}x) | "
-            f"{row['decode_8_tok_s']:.3g} ({row['decode_8_tok_s'] / base['decode_8_tok_s']:.2f}x) | "
-            f"{row['decode_8_tok_s'] / row['decode_1_tok_s']:.1f}x |"
+def ratio(base: dict, key: str, rate: bool = False):
+    """A cell: the figure and how many times faster than fp32's (`base`) it is."""
+
+    def cell(row):
+        factor = row[key] / base[key] if rate else base[key] / row[key]
+        return f"{row[key]:.3g}{'' if rate else ' s'} ({factor:.2f}x)"
+
+    return cell
+
+
+def report(sessions: list[dict]) -> str:
+    parts = []
+    for session in sessions:
+        table_rows = session["summary"]
+        base = table_rows["fp32"]
+        parts.append(
+            f"{machine_line(session['machine'])} Model: `{session['preset']}` with {session['text_layers']} decoder "
+            f"layers, {TEXT_TOKENS} text + 32 image tokens; medians over {len(session['rounds']['fp32'])} "
+            "interleaved rounds; ratios against fp32 of the same rounds."
         )
-    return "\n".join(lines)
+        columns = {
+            "mode": lambda row: row["mode"],
+            "encoding 224 px ": ratio(base, "encode_s"),
+            "first token with image ": ratio(base, "first_token_s"),
+            "prefill b1 ": lambda row: f"{row['prefill_1_s']:.2f} s",
+            "decode b1 tok/s ": ratio(base, "decode_1_tok_s", rate=True),
+            "decode b8 tok/s ": ratio(base, "decode_8_tok_s", rate=True),
+            "b8 / b1 ": lambda row: f"{row['decode_8_tok_s'] / row['decode_1_tok_s']:.1f}x",
+        }
+        parts.append(table([{"mode": name, **row} for name, row in table_rows.items()], columns))
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -16,29 +16,25 @@ import json
 import time
 from pathlib import Path
 
+import modes
 import torch
 from _common import (
     device,
     machine,
     matmul_throughput,
     peak_memory_gb,
-    random_tinygptv,
     run_isolated,
     synchronize,
 )
 
-MODES = ["fp32", "bf16-frozen"]
+# Training mode -> the mode of modes.py that loads its model (bf16-frozen: the bf16 checkpoint).
+MODES = {"fp32": "fp32", "bf16-frozen": "bf16"}
 
 
 def load(mode: str, root: Path, preset: str):
-    from transformers import AutoModelForImageTextToText
-
     from tinygptv_hf.tokenization import build_tiny_tokenizer
 
-    if mode == "fp32":
-        return random_tinygptv(preset, torch.float32)
-    model = AutoModelForImageTextToText.from_pretrained(root / f"{preset}-bf16", dtype=torch.bfloat16)
-    return model.to(device()), build_tiny_tokenizer()
+    return modes.load(MODES[mode], root, modes.Sizes(preset)), build_tiny_tokenizer()
 
 
 def one_batch(model, tokenizer) -> dict:
@@ -126,7 +122,7 @@ def main():
     parser.add_argument(
         "--root", type=Path, default=Path("/tmp/tinygptv_bench"), help="where `prepare` wrote"
     )
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--output", type=Path, help="JSON file for the raw results")
     parser.add_argument("--measure", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)
