@@ -68,6 +68,15 @@ def capability_dtypes(isa: str, capabilities: dict, onednn_isa: str = "") -> dic
     }
 
 
+def this_cpu_dtypes() -> dict:
+    """`capability_dtypes` of this process: its ATen dispatch level, its CPU and its oneDNN limit."""
+    return capability_dtypes(
+        torch.backends.cpu.get_cpu_capability(),
+        torch.cpu.get_capabilities(),
+        os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+    )
+
+
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -160,8 +169,7 @@ def cpu_kernel_plan() -> CpuKernelPlan:
     """This process's numerics (see the module's docstring), made at their first use and logged once."""
     given = given_fields(CpuKernelPlan)
     isa = torch.backends.cpu.get_cpu_capability()
-    derived = capability_dtypes(isa, torch.cpu.get_capabilities(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
-    plan = CpuKernelPlan(**{**derived, **given})
+    plan = CpuKernelPlan(**{**this_cpu_dtypes(), **given})
     logger.info(
         f"CPU kernel plan (ATen {isa}{f', {PLAN_VARIABLE} sets {sorted(given)}' if given else ''}): weight-only "
         f"kernels on {str(plan.kernel_dtype)[6:]} activations, prompts and images in {str(plan.many_rows_dtype)[6:]}"

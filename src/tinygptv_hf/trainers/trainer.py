@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotat
 
 from ..checkpoint import save_checkpoint, set_processor_stage
 from ..data import DataHealth, TrainingStream
+from ..modeling.cpu_plan_tinygptv import this_cpu_dtypes
 from ..processors.templates import IGNORE_INDEX
 from ..stages import INSTRUCTION, MULTITASK, PRETRAINING, WARMUP, StageSpec, prepare_model_for_stage
 from .collator import TinyGPTVCollator
@@ -105,12 +106,9 @@ def is_prepared_for(model, spec: StageSpec) -> bool:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX-512 bf16 or AMX) and torch may use it: an
-    `ATEN_CPU_CAPABILITY=avx2` (or an AVX2-only CPU) leaves bf16 emulated, slower than float32."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability.startswith("AVX512") and (
-        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    )
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 bf16 or AMX) and torch may use it, by the CPU kernel
+    plan's one rule: an `ATEN_CPU_CAPABILITY=avx2` (or an AVX2-only CPU) leaves bf16 emulated, slower than float32."""
+    return this_cpu_dtypes()["many_rows_dtype"] == torch.bfloat16
 
 
 def check_engine_setup(model, args, fsdp_plugin=None, deepspeed_plugin=None) -> None:
