@@ -354,7 +354,7 @@ def _run_demo(output_dir: Path, seed: int, size: DemoSize, echo) -> dict:
     echo(show_answers(model_dir, held_out))
     echo(
         f"demo finished in {summary['seconds'] / 60:.1f} min: stage-4 VQA accuracy {rows[-1]['vqa_accuracy']:.0%}, "
-        f"[refer] boxes at IoU>=0.5 {rows[-1]['refer_iou50']:.0%}; results in {output_dir}"
+        f"[refer] boxes at IoU>0.5 {rows[-1]['refer_iou50']:.0%}; results in {output_dir}"
     )
     return summary
 
@@ -418,7 +418,7 @@ def plot(histories: dict[int, list[dict]], rows: list[dict], output_dir: Path):
     stages = [row["stage"] for row in rows]
     for key, label in (
         ("vqa_accuracy", "VQA accuracy"),
-        ("refer_iou50", "[refer] IoU>=0.5"),
+        ("refer_iou50", "[refer] IoU>0.5"),
         ("caption_f1", "caption word F1"),
         ("caption_pairs", "caption colour-shape pairs F1"),
     ):
