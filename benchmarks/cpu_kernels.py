@@ -134,17 +134,9 @@ def quantized_copy(module: torch.nn.Module, variant: str) -> torch.nn.Module:
 def drift(layers: int) -> None:
     from transformers import PhiConfig, PhiModel
 
-    config = PhiConfig(
-        vocab_size=51200,
-        hidden_size=2560,
-        intermediate_size=10240,
-        num_hidden_layers=1,
-        num_attention_heads=32,
-        partial_rotary_factor=0.4,
-        hidden_act="gelu_new",
-        initializer_range=0.02,
-        attn_implementation="eager",
-    )
+    from tinygptv_hf.presets import PHI2_TEXT
+
+    config = PhiConfig(**{**PHI2_TEXT, "num_hidden_layers": 1}, attn_implementation="eager")
     variants = ["int8", "int4 g32", "int4 g64", "int4 g128", "int4 symmetric g32", "int4 symmetric g128"]
     torch.manual_seed(0)
     tokens = torch.randint(0, config.vocab_size, (1, 64))
